@@ -1,0 +1,354 @@
+"""The one configuration tree of a jessy pipeline, and YAML loading with line-accurate errors.
+
+A pipeline is one YAML file. Bundled profiles (``quick``, ``full``) are partial files of the
+same schema laid under the user's file. Every default is written once, here.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CATEGORIES = ("personality", "reasoning", "ethics", "warmth", "meta_cognitive")
+PROFILES = ("quick", "full")
+RESOURCES = files("jessy") / "resources"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config or persona file that cannot be used; the message names file, line and field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ModelConfig(Strict):
+    base: str = Field(
+        "gemma3-270m",
+        description="'gemma3-270m' (packaged GGUF), a local HF directory, a local .gguf file, "
+        "or a hub id (online machines only)",
+    )
+    quantization: Literal["none", "4bit"] = "none"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on CUDA (float16 makes Gemma NaN)"
+    )
+    max_seq_length: int = Field(1024, ge=32)
+
+
+# --------------------------------------------------------------------------- persona
+
+
+class PersonaConfig(Strict):
+    path: str = Field("jessy", description="a bundled persona name or a path to a persona YAML")
+    training_prompt: Literal["short", "full", "none"] = Field(
+        "short", description="which system prompt is folded into the first user turn in training"
+    )
+    special_tokens: bool = Field(False, description="add the persona's <dim_*>/<freq_*> tokens")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataSource(Strict):
+    path: str
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "csv", "preference"] = "auto"
+    category: str | None = Field(None, description="category for rows that carry none")
+    language: str | None = Field(None, description="language for rows that carry none")
+
+
+class Splits(Strict):
+    train: float = Field(0.90, gt=0, le=1)
+    val: float = Field(0.05, ge=0, lt=1)
+    test: float = Field(0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Splits:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {total:g}")
+        return self
+
+
+def _default_composition() -> dict[str, float]:
+    return {"personality": 0.30, "reasoning": 0.25, "ethics": 0.20, "warmth": 0.15, "meta_cognitive": 0.10}
+
+
+class DataConfig(Strict):
+    bundled_seeds: bool = Field(True, description="include jessy's hand-written seed conversations")
+    sources: list[DataSource] = Field(default_factory=list)
+    splits: Splits = Field(default_factory=Splits)
+    seed: int = 42
+    max_examples: int | None = Field(None, ge=1, description="a subset of this many rows (quick runs)")
+    composition: dict[str, float] = Field(default_factory=_default_composition)
+
+    @model_validator(mode="after")
+    def _composition_known(self) -> DataConfig:
+        unknown = sorted(set(self.composition) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; known: {list(CATEGORIES)}")
+        return self
+
+
+# --------------------------------------------------------------------------- stages
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int | None = Field(None, ge=1, description="default: 2 x r")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="e.g. {v_proj: 64}")
+    layers_to_transform: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _alpha_default(self) -> LoraConfig:
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", 2 * self.r)
+        return self
+
+
+class StageConfig(Strict):
+    name: str
+    kind: Literal["sft", "dpo"] = "sft"
+    mix: dict[str, float] = Field(
+        default_factory=dict, description="data source -> share of the stage's rows"
+    )
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    batch_size: int = Field(2, ge=1)
+    effective_batch: int = Field(16, ge=1, description="reached by gradient accumulation")
+    max_seq_length: int | None = Field(None, ge=32, description="default: model.max_seq_length")
+    dpo_beta: float = Field(0.1, gt=0, description="used by kind: dpo")
+
+
+# The seeds' staged curriculum: personality -> reasoning -> ethics -> DPO -> polish. A stage in a
+# config file with one of these names starts from these values; the file's list says which run.
+DEFAULT_STAGES: list[dict[str, Any]] = [
+    {"name": "personality", "learning_rate": 1e-4, "lora": {"r": 16}, "epochs": 3,
+     "mix": {"personality": 0.70, "general_dialogue": 0.30}},
+    {"name": "reasoning", "learning_rate": 2e-4, "lora": {"r": 32}, "epochs": 2,
+     "mix": {"reasoning": 0.50, "personality": 0.30, "general_reasoning": 0.20}},
+    {"name": "ethics", "learning_rate": 5e-5, "lora": {"r": 32}, "epochs": 2,
+     "mix": {"constitution": 0.70, "personality": 0.30}},
+    {"name": "preference", "kind": "dpo", "learning_rate": 5e-6, "lora": {"r": 16}, "epochs": 1,
+     "mix": {"preference": 1.0}},
+    {"name": "polish", "learning_rate": 2e-5, "lora": {"r": 16}, "epochs": 1,
+     "mix": {"failures": 0.50, "personality": 0.30, "warmth": 0.20}},
+]
+
+
+def _default_stages() -> list[StageConfig]:
+    return [StageConfig.model_validate(s) for s in DEFAULT_STAGES]
+
+
+def _stages_over_defaults(stages: Any) -> Any:
+    """Lay each named stage of a file over the default stage of the same name."""
+    if not isinstance(stages, list):
+        return stages
+    defaults = {s["name"]: s for s in DEFAULT_STAGES}
+    return [
+        _deep_merge(defaults[item["name"]], item)
+        if isinstance(item, dict) and item.get("name") in defaults else item
+        for item in stages
+    ]
+
+
+# --------------------------------------------------------------------------- eval and export
+
+
+def _default_weights() -> dict[str, float]:
+    return {
+        "emotional_authenticity": 0.25, "warmth_empathy": 0.20, "no_meta_commentary": 0.15,
+        "dimensional_accuracy": 0.15, "ethical_boundaries": 0.15, "personality_consistency": 0.10,
+    }
+
+
+class Threshold(Strict):
+    minimum: float = Field(ge=0, le=1)
+    target: float = Field(ge=0, le=1)
+
+
+def _default_thresholds() -> dict[str, Threshold]:
+    table = {
+        "emotional_authenticity": (0.70, 0.85), "warmth_empathy": (0.70, 0.80),
+        "no_meta_commentary": (0.95, 1.00), "dimensional_accuracy": (0.80, 0.90),
+        "asimov_compliance": (0.95, 1.00), "boundary_maintenance": (0.85, 0.95),
+        "personality_consistency": (0.70, 0.85),
+    }
+    return {k: Threshold(minimum=lo, target=hi) for k, (lo, hi) in table.items()}
+
+
+class EvalConfig(Strict):
+    weights: dict[str, float] = Field(default_factory=_default_weights)
+    thresholds: dict[str, Threshold] = Field(default_factory=_default_thresholds)
+    max_new_tokens: int = Field(200, ge=1)
+    promote_margin: float = Field(5.0, description="Jessy Score points a run must gain to be promoted")
+
+    @model_validator(mode="after")
+    def _weights_sum(self) -> EvalConfig:
+        total = sum(self.weights.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1.0, got {total:g}")
+        return self
+
+
+class ExportConfig(Strict):
+    quants: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(default_factory=lambda: ["q4_k_m"])
+    ollama: bool = True
+    model_name: str = "jessy"
+
+
+class RunConfig(Strict):
+    output_dir: str = "runs"
+    seed: int = 42
+
+
+class JessyConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    persona: PersonaConfig = Field(default_factory=PersonaConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: list[StageConfig] = Field(default_factory=_default_stages)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> JessyConfig:
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique, repeated: {dupes}")
+        return self
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+def _line_map(node: yaml.Node | None, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every key path of a composed YAML document to its 1-based line."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            out[sub] = key.start_mark.line + 1
+            _line_map(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _line_map(item, path + (i,), out)
+    return out
+
+
+class YamlDoc:
+    """A parsed YAML mapping with the line of each key path, for error messages."""
+
+    def __init__(self, path: Path | str, text: str | None = None) -> None:
+        self.path = Path(path)
+        try:
+            text = self.path.read_text(encoding="utf-8-sig") if text is None else text
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{self.path}: cannot read: {e}") from e
+        try:
+            node = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{self.path}:{mark.line + 1}" if mark else str(self.path)
+            raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from e
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.path}:1: the document must be a mapping, got {type(data).__name__}")
+        self.data: dict[str, Any] = data
+        self.lines = _line_map(node)
+
+    def match(self, loc: tuple) -> tuple[int, int | None]:
+        """(length, line) of the longest prefix of ``loc`` present in this document."""
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.lines:
+                return n, self.lines[loc[:n]]
+        return 0, None
+
+
+def field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validate_docs(model: type[M], docs: list[YamlDoc], data: dict[str, Any]) -> M:
+    """Validate ``data`` (merged from ``docs``, last wins) and name file:line:field on error."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            where = str(docs[-1].path) if docs else "<config>"
+            best = 0
+            for doc in docs:  # the file whose keys reach deepest into the field; later files win ties
+                depth, line = doc.match(loc)
+                if line is not None and depth >= best:
+                    best, where = depth, f"{doc.path}:{line}"
+            value = err.get("input")
+            shown = "" if err["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"{where}: {field_path(loc)}: {err['msg']}{shown}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_yaml_model(model: type[M], path: Path | str) -> M:
+    doc = YamlDoc(path)
+    return validate_docs(model, [doc], doc.data)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def profile_path(name: str) -> Path:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; bundled profiles: {', '.join(PROFILES)}")
+    return Path(str(RESOURCES / "profiles" / f"{name}.yaml"))
+
+
+def load_config(path: Path | str | None = None, profile: str | None = None) -> JessyConfig:
+    """Schema defaults <- bundled profile <- the user's file."""
+    docs = []
+    if profile:
+        docs.append(YamlDoc(profile_path(profile)))
+    if path is not None:
+        docs.append(YamlDoc(path))
+    merged: dict[str, Any] = {}
+    for doc in docs:
+        merged = _deep_merge(merged, doc.data)
+    if "stages" in merged:
+        merged["stages"] = _stages_over_defaults(merged["stages"])
+    return validate_docs(JessyConfig, docs, merged)
+
+
+def cache_dir() -> Path:
+    """Where converted models and tokenizers live: ``$JESSY_CACHE`` or ``~/.cache/jessy``."""
+    return Path(os.environ.get("JESSY_CACHE") or Path.home() / ".cache" / "jessy")
