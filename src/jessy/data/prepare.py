@@ -1,0 +1,199 @@
+"""``jessy data prepare``: load, tokenize with the Gemma template, split without leakage, report stats.
+
+Rows that share any normalized user prompt (or a ``metadata.parent_id``) form one group, and a
+group never straddles two splits. Groups are assigned per category, so every split keeps the
+composition. Rows too long even after dropping their oldest exchanges go to the rejects file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.progress import track
+
+from jessy.config import CATEGORIES, RESOURCES, JessyConfig
+from jessy.data.formats import LoadResult, read_file
+from jessy.data.template import TooLong, encode_truncated, with_system
+
+SPLITS = ("train", "val", "test")
+
+
+def bundled_seed_files() -> list[Path]:
+    return sorted(Path(str(p)) for p in (RESOURCES / "seeds").iterdir() if p.name.endswith(".jsonl"))
+
+
+def load_rows(config: JessyConfig) -> list[LoadResult]:
+    """Read the bundled seeds (when enabled) and every configured source."""
+    results = [read_file(p, "messages") for p in bundled_seed_files()] if config.data.bundled_seeds else []
+    for src in config.data.sources:
+        results.append(read_file(src.path, src.format, {"category": src.category, "language": src.language}))
+    return results
+
+
+def normalize_prompt(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return re.sub(r"[\W_]+", " ", text).strip()
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(normalize_prompt(text).encode()).hexdigest()[:16]
+
+
+def group_rows(rows: list[dict[str, Any]]) -> list[int]:
+    """Union-find: rows sharing a normalized user prompt or a parent id get the same group index."""
+    parent = list(range(len(rows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        keys = [prompt_hash(m["content"]) for m in _prompt_messages(row) if m["role"] == "user"]
+        keys.append(f"id:{row['id']}")
+        if row["metadata"].get("parent_id"):
+            keys.append(f"id:{row['metadata']['parent_id']}")
+        for key in keys:
+            if key in owner:
+                parent[find(i)] = find(owner[key])
+            else:
+                owner[key] = i
+    return [find(i) for i in range(len(rows))]
+
+
+def _prompt_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    return row["messages"] if "messages" in row else row["prompt"]
+
+
+def assign_splits(rows: list[dict[str, Any]], fractions: dict[str, float], seed: int) -> list[str]:
+    """A split name per row: whole groups, stratified by category, deterministic for a seed."""
+    groups = group_rows(rows)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    by_category: dict[str, list[int]] = defaultdict(list)
+    for g, idx in members.items():
+        by_category[rows[idx[0]]["metadata"].get("category") or "uncategorized"].append(g)
+    out = [""] * len(rows)
+    rng = random.Random(seed)
+    for category in sorted(by_category):
+        gs = sorted(by_category[category], key=lambda g: rows[members[g][0]]["id"])
+        rng.shuffle(gs)
+        total = sum(len(members[g]) for g in gs)
+        want = {s: round(total * fractions[s]) for s in ("test", "val")}
+        have = Counter[str]()
+        for g in gs:
+            split = next((s for s in ("test", "val") if have[s] < want[s]), "train")
+            have[split] += len(members[g])
+            for i in members[g]:
+                out[i] = split
+    return out
+
+
+def subset(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """At most ``n`` rows, keeping each category's share (largest remainders)."""
+    if len(rows) <= n:
+        return rows
+    by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_cat[r["metadata"].get("category") or "uncategorized"].append(r)
+    quota = {c: n * len(v) / len(rows) for c, v in by_cat.items()}
+    take = {c: int(q) for c, q in quota.items()}
+    for c in sorted(quota, key=lambda c: quota[c] - take[c], reverse=True)[: n - sum(take.values())]:
+        take[c] += 1
+    rng = random.Random(seed)
+    out = []
+    for c in sorted(by_cat):
+        out += rng.sample(by_cat[c], take[c])
+    return out
+
+
+def _percentile(values: list[int], q: float) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo))
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare(config: JessyConfig, out_dir: Path, tokenizer: Any, system_prompt: str | None) -> dict[str, Any]:
+    """Write train/val/test JSONL (and preference_*.jsonl), rejects.jsonl and stats.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = load_rows(config)
+    rejects = [r for res in loaded for r in res.rejects]
+    rows = [r for res in loaded for r in res.rows]
+    if config.data.max_examples:
+        rows = subset(rows, config.data.max_examples, config.data.seed)
+    max_len = config.model.max_seq_length
+    convs, prefs, lengths, truncated = [], [], [], 0
+    for row in track(rows, description="Tokenizing", transient=True):
+        if "prompt" in row:
+            prefs.append(row)
+            continue
+        try:
+            enc = encode_truncated(tokenizer, with_system(row["messages"], system_prompt), max_len)
+        except TooLong as e:
+            rejects.append({**row["source"], "id": row["id"],
+                            "reason": f"too long: {e}", "raw": json.dumps(row, ensure_ascii=False)})
+            continue
+        kept = row["messages"][enc["dropped_turns"]:] if enc["dropped_turns"] else row["messages"]
+        truncated += bool(enc["dropped_turns"])
+        lengths.append(len(enc["input_ids"]))
+        convs.append({**row, "messages": kept, "n_tokens": len(enc["input_ids"])})
+    fractions = config.data.splits.model_dump()
+    by_split: dict[str, int] = {}
+    for name, items in (("", convs), ("preference_", prefs)):
+        if not items:
+            continue
+        labels = assign_splits(items, fractions, config.data.seed)
+        for split in SPLITS:
+            part = [r for r, s in zip(items, labels) if s == split]
+            _write_jsonl(out_dir / f"{name}{split}.jsonl", part)
+            by_split[f"{name}{split}"] = len(part)
+    _write_jsonl(out_dir / "rejects.jsonl", rejects)
+    stats = {
+        "total": len(convs),
+        "by_category": _count(convs, "category", CATEGORIES),
+        "by_language": _count(convs, "language", ()),
+        "by_dimension": dict(sorted(Counter(
+            d for r in convs for d in r["metadata"].get("dimensions_active") or []).items())),
+        "by_split": by_split,
+        "token_length": {"p50": _percentile(lengths, 0.5), "p90": _percentile(lengths, 0.9),
+                         "max": max(lengths, default=0)},
+        "preference_pairs": len(prefs),
+        "rejected": len(rejects),
+        "truncated": truncated,
+        "max_seq_length": max_len,
+    }
+    _write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+def _count(rows: list[dict[str, Any]], key: str, always: tuple[str, ...]) -> dict[str, int]:
+    counts = Counter(r["metadata"].get(key) or "unknown" for r in rows)
+    return {**{k: 0 for k in always}, **dict(sorted(counts.items()))}
