@@ -1,0 +1,291 @@
+"""The one generation layer: a local transformers model, a local GGUF (llama.cpp) or any
+OpenAI-compatible endpoint behind the same three calls.
+
+* ``generate(requests)`` -> results with token counts (batched locally, concurrent over HTTP);
+* ``choice_probs(request, choices)`` -> the probability of each one-token answer (judges);
+* ``id`` -> what the content-hash cache keys on besides the request.
+
+Data generation, evaluation, chat and the server all go through here.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from jessy.data.template import BOS, END_OF_TURN, inference_template
+
+Messages = list[dict[str, str]]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """A chat request (``messages``) or a raw completion request (``prompt``)."""
+
+    messages: tuple[tuple[str, str], ...] = ()
+    prompt: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+    @classmethod
+    def chat(cls, messages: Messages, **kw: Any) -> GenRequest:
+        return cls(messages=tuple((m["role"], m["content"]) for m in messages), **kw)
+
+    @property
+    def message_list(self) -> Messages:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GenResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "stop"
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A text generator. Subclasses set ``id`` (model identity for the cache)."""
+
+    id: str = ""
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenRequest], progress: Progress | None = None) -> list[GenResult]:
+        """Results in request order; ``progress(n)`` is called as results complete."""
+
+    @abstractmethod
+    def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
+        """Probability of each choice as the very next token of the reply (not renormalized)."""
+
+
+def render_chat(messages: Messages, add_generation_prompt: bool = True) -> str:
+    """The Gemma chat text for ``messages`` (with <bos>): the training template, without HF tags."""
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(inference_template()).render(
+        messages=messages, bos_token=BOS, add_generation_prompt=add_generation_prompt)
+
+
+def _truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+class TransformersBackend(Backend):
+    """A local HF model (directory or resolved base), batched generation, exact next-token probs.
+
+    Requests with the same sampling settings are batched (left-padded) whatever their seeds;
+    sampling is reproducible for the same list of requests, and greedy decoding always is."""
+
+    def __init__(self, model_path: str, batch_size: int = 4, device: str | None = None,
+                 model: Any = None, tokenizer: Any = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from jessy.model.resolve import load_tokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.tokenizer = tokenizer or load_tokenizer(model_path)
+        self.model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
+        self.model.eval()
+        self.batch_size = batch_size
+        self.id = f"transformers:{Path(model_path).resolve() if Path(model_path).exists() else model_path}"
+        self.stop_ids = [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+
+    def _ids(self, req: GenRequest) -> list[int]:
+        text = req.prompt if req.prompt is not None else render_chat(req.message_list)
+        if req.prompt is not None and not text.startswith(BOS):
+            text = BOS + text
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, requests: Sequence[GenRequest], progress: Progress | None = None) -> list[GenResult]:
+        import torch
+
+        out: list[GenResult | None] = [None] * len(requests)
+        all_ids = [self._ids(r) for r in requests]
+        # group requests that share sampling settings; sort by length to waste less padding
+        order = sorted(range(len(requests)), key=lambda i: (_sampling(requests[i]), len(all_ids[i])))
+        i = 0
+        while i < len(order):
+            head = requests[order[i]]
+            batch = [order[i]]
+            while (len(batch) < self.batch_size and i + len(batch) < len(order)
+                   and _sampling(requests[order[i + len(batch)]]) == _sampling(head)):
+                batch.append(order[i + len(batch)])
+            i += len(batch)
+            ids = [all_ids[j] for j in batch]
+            width = max(map(len, ids))
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
+            attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+            torch.manual_seed(hash(tuple(requests[j].seed for j in batch)) % (2**31))  # same batch, same samples
+            kwargs: dict[str, Any] = {"max_new_tokens": head.max_new_tokens, "eos_token_id": self.stop_ids,
+                                      "pad_token_id": pad}
+            if head.temperature > 0:
+                kwargs.update(do_sample=True, temperature=head.temperature, top_p=head.top_p, top_k=0)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            with torch.no_grad():
+                gen = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+            for row, j in enumerate(batch):
+                new = gen[row, width:].tolist()
+                n = next((k for k, t in enumerate(new) if t in self.stop_ids), None)
+                tokens = new if n is None else new[:n]
+                text, stopped = _truncate_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True),
+                                                  requests[j].stop)
+                finish = "stop" if (n is not None or stopped) else "length"
+                out[j] = GenResult(text=text, prompt_tokens=len(ids[row]), completion_tokens=len(tokens),
+                                   finish_reason=finish)
+            if progress:
+                progress(len(batch))
+        return out  # type: ignore[return-value]
+
+    def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
+        import torch
+
+        ids = torch.tensor([self._ids(request)], device=self.device)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids).logits[0, -1].float()
+        probs = torch.softmax(logits, dim=-1)
+        out = {}
+        for c in choices:
+            tok = self.tokenizer(c, add_special_tokens=False)["input_ids"]
+            out[c] = float(probs[tok[0]]) if len(tok) == 1 else 0.0
+        return out
+
+
+def _sampling(r: GenRequest) -> tuple:
+    return (r.temperature, r.top_p, r.max_new_tokens, r.stop)
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+
+class LlamaCppBackend(Backend):
+    """A local GGUF through llama-cpp-python; prompts are rendered and tokenized by jessy so the
+    token ids match training exactly (one <bos>, the same template)."""
+
+    def __init__(self, gguf_path: str, n_ctx: int = 2048, n_threads: int | None = None) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as e:  # pragma: no cover - depends on the optional extra
+            raise RuntimeError("the GGUF backend needs llama-cpp-python: pip install 'jessy[gguf]'") from e
+        self.llm = Llama(model_path=gguf_path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                         logits_all=False, verbose=False)
+        self.id = f"llamacpp:{Path(gguf_path).resolve()}:{Path(gguf_path).stat().st_size}"
+
+    def tokens(self, req: GenRequest) -> list[int]:
+        text = req.prompt if req.prompt is not None else render_chat(req.message_list)
+        if not text.startswith(BOS):
+            text = BOS + text
+        return self.llm.tokenize(text.encode(), add_bos=False, special=True)
+
+    def generate(self, requests: Sequence[GenRequest], progress: Progress | None = None) -> list[GenResult]:
+        out = []
+        for req in requests:
+            toks = self.tokens(req)
+            res = self.llm.create_completion(
+                toks, max_tokens=req.max_new_tokens, temperature=req.temperature, top_p=req.top_p,
+                stop=[END_OF_TURN, *req.stop], seed=req.seed)
+            choice = res["choices"][0]
+            out.append(GenResult(text=choice["text"], prompt_tokens=len(toks),
+                                 completion_tokens=res["usage"]["completion_tokens"],
+                                 finish_reason=choice.get("finish_reason") or "stop"))
+            if progress:
+                progress(1)
+        return out
+
+    def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
+        import numpy as np
+
+        toks = self.tokens(request)
+        self.llm.reset()
+        self.llm.eval(toks)
+        logits = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        out = {}
+        for c in choices:
+            ids = self.llm.tokenize(c.encode(), add_bos=False, special=False)
+            out[c] = float(probs[ids[0]]) if len(ids) == 1 else 0.0
+        return out
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible
+
+
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible server: concurrent requests, timeouts and retries with backoff (the
+    official client's), chat or raw completions, ``top_logprobs`` for judges."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, concurrency: int = 4,
+                 timeout_s: float = 120.0, max_retries: int = 4) -> None:
+        from openai import OpenAI
+
+        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        self.client = OpenAI(base_url=base_url, api_key=key or "not-needed", timeout=timeout_s,
+                             max_retries=max_retries)
+        self.model, self.concurrency = model, concurrency
+        self.id = f"openai:{base_url.rstrip('/')}:{model}"
+
+    def _one(self, req: GenRequest) -> GenResult:
+        common = {"model": self.model, "max_tokens": req.max_new_tokens, "temperature": req.temperature,
+                  "top_p": req.top_p, "seed": req.seed}
+        if req.stop:
+            common["stop"] = list(req.stop)
+        if req.prompt is not None:
+            res = self.client.completions.create(prompt=req.prompt, **common)
+            text = res.choices[0].text
+        else:
+            res = self.client.chat.completions.create(messages=req.message_list, **common)
+            text = res.choices[0].message.content or ""
+        usage = res.usage
+        return GenResult(text=text, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                         completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                         finish_reason=res.choices[0].finish_reason or "stop")
+
+    def generate(self, requests: Sequence[GenRequest], progress: Progress | None = None) -> list[GenResult]:
+        def run(req: GenRequest) -> GenResult:
+            res = self._one(req)
+            if progress:
+                progress(1)
+            return res
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(run, requests))
+
+    def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
+        import math
+
+        res = self.client.chat.completions.create(
+            model=self.model, messages=request.message_list, max_tokens=1, temperature=0.0,
+            logprobs=True, top_logprobs=20)
+        content = res.choices[0].logprobs.content if res.choices[0].logprobs else None
+        if not content:
+            raise RuntimeError(f"{self.id}: the endpoint returned no logprobs; this judge needs top_logprobs")
+        top = {t.token: math.exp(t.logprob) for t in content[0].top_logprobs}
+        return {c: top.get(c, 0.0) for c in choices}
