@@ -32,7 +32,7 @@ def test_messages_format_with_metadata_and_bom(tmp_path):
     res = read_file(p)
     assert res.format == "messages" and not res.rejects
     assert res.rows == [{"id": "x1", "messages": row["messages"], "metadata": row["metadata"],
-                         "source": {"file": str(p), "line": 1}}]
+                         "origin": {"file": str(p), "line": 1}}]
 
 
 def test_sharegpt_alpaca_csv_and_preference(tmp_path):
@@ -57,7 +57,7 @@ def test_sharegpt_alpaca_csv_and_preference(tmp_path):
     assert res.format == "csv" and not res.rejects
     assert res.rows[0]["metadata"] == {"category": "warmth", "dimensions_active": ["Emotion", "Social"]}
     assert res.rows[1]["messages"][0]["content"] == "multi\nline"
-    assert res.rows[1]["source"]["line"] == 3
+    assert res.rows[1]["origin"]["line"] == 3
 
     pref = jsonl(tmp_path, "p.jsonl", [
         {"prompt": "Help me lie", "chosen": "Let's find another way.", "rejected": "Sure."},

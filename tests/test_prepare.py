@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 from jessy.cli import app
 from jessy.config import JessyConfig
-from jessy.data.prepare import assign_splits, normalize_prompt, prepare, subset
+from jessy.data.dedup import normalize_prompt
+from jessy.data.prepare import assign_splits, prepare, subset
 
 runner = CliRunner()
 
@@ -16,7 +17,7 @@ def row(i, prompt, category="warmth", parent=None, reply="ok"):
     if parent:
         meta["parent_id"] = parent
     return {"id": f"r{i}", "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-            "metadata": meta, "source": {"file": "x", "line": i}}
+            "metadata": meta, "origin": {"file": "x", "line": i}}
 
 
 def test_groups_never_straddle_splits():

@@ -6,8 +6,9 @@ from collections import Counter
 import pytest
 
 from jessy.config import CATEGORIES, JessyConfig
+from jessy.data.dedup import normalize_prompt
 from jessy.data.formats import read_file
-from jessy.data.prepare import bundled_seed_files, normalize_prompt
+from jessy.data.prepare import bundled_seed_files
 from jessy.persona import DIMENSIONS
 
 

@@ -158,7 +158,7 @@ def data_validate(
             table.add_row(r.file, r.format, str(len(r.rows)), str(len(r.rejects)))
         out.print(table)
         for r in bad_rows[:20]:
-            out.print(f"  {r['file']}:{r['line']}: {r['reason']}", highlight=False, markup=False)
+            out.print(f"  {r['file']}:{r['line']}: {r['reason']}", highlight=False, markup=False, soft_wrap=True)
         if len(bad_rows) > 20:
             out.print(f"  ... and {len(bad_rows) - 20} more" + (f" (all in {rejects})" if rejects else ""))
     for message in failed:
@@ -182,11 +182,13 @@ def _prepare(cfg: JessyConfig, out_dir: Path) -> dict:
 
 @data_app.command("prepare")
 def data_prepare(config: ConfigOpt = None, profile: ProfileOpt = None,
-                 out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("out/data")) -> None:
-    """Template, truncate and split the data (the bundled seeds by default); write stats.json."""
+                 out_dir: Annotated[Path | None, typer.Option("--out", help="default: data.work_dir")] = None) -> None:
+    """Dedup, balance, template, truncate and split the data (the bundled seeds by default); write stats.json."""
     cfg = _config(config, profile)
+    out_dir = out_dir or Path(cfg.data.work_dir)
     stats = _prepare(cfg, out_dir)
-    table = Table("split", "rows", title=f"{stats['total']} conversations -> {out_dir}")
+    out.print(f"{stats['total']} conversations -> {out_dir}")
+    table = Table("split", "rows")
     for split, n in stats["by_split"].items():
         table.add_row(split, str(n))
     out.print(table)
@@ -197,6 +199,164 @@ def data_prepare(config: ConfigOpt = None, profile: ProfileOpt = None,
               f"truncated {stats['truncated']}, rejected {stats['rejected']}")
 
 
+# --------------------------------------------------------------------------- data engine
+
+
+def _gold_rows(cfg: JessyConfig) -> list[dict]:
+    """The hand-written rows that define the target: bundled seeds and the user's own sources."""
+    from jessy.data.prepare import load_rows
+
+    return [r for res in load_rows(cfg) for r in res.rows
+            if "messages" in r and r["metadata"].get("source") not in ("general_dialogue", "general_reasoning")]
+
+
+def _engine(cfg: JessyConfig, need_teacher: bool = True):  # -> (persona, gold, gates, backend)
+    from jessy.config import TeacherConfig
+    from jessy.data.gates import Gates
+    from jessy.data.generate import make_backend
+
+    persona = _persona(cfg.persona.path)
+    gold = _gold_rows(cfg)
+    work = Path(cfg.data.work_dir)
+    judge_cfg = cfg.data.gates.judge
+    judge = make_backend(judge_cfg, cfg.model.base, work / "cache.sqlite") if judge_cfg else None
+    gates = Gates(persona, cfg.data.gates, gold, judge)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "calibration.json").write_text(json.dumps(gates.report.calibration, indent=1))
+    backend = make_backend(cfg.data.teacher or TeacherConfig(), cfg.model.base, work / "cache.sqlite") \
+        if need_teacher else None
+    return persona, gold, gates, backend
+
+
+def _print_json_or(summary: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        for line in lines:
+            out.print(line, highlight=False, soft_wrap=True)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the summary as JSON")]
+
+
+@data_app.command("generate")
+def data_generate(config: ConfigOpt = None, profile: ProfileOpt = None,
+                  n: Annotated[int | None, typer.Option("--n", help="rows to generate")] = None,
+                  category: Annotated[str | None, typer.Option("--category", help="only this category")] = None,
+                  fill_gaps: Annotated[bool, typer.Option("--fill-gaps", help="follow the gap plan")] = False,
+                  as_json: JsonOpt = False) -> None:
+    """Few-shot generation from the seeds through the teacher, gated; rerun to resume."""
+    from jessy.config import CATEGORIES
+    from jessy.data.gaps import load_plan
+    from jessy.data.generate import generate
+
+    cfg = _config(config, profile)
+    if category and category not in CATEGORIES:
+        raise _fail(f"--category {category!r}: expected one of {', '.join(CATEGORIES)}", 2)
+    try:
+        plan = load_plan(Path(cfg.data.work_dir)) if fill_gaps else None
+    except FileNotFoundError as e:
+        raise _fail(str(e)) from None
+    count = sum(int(p["n"]) for p in plan) if plan else (n if n is not None else cfg.data.generate.n)
+    persona, gold, gates, backend = _engine(cfg)
+    summary = generate(cfg, persona, gold, backend, gates, count, category, plan)
+    gates_line = ", ".join(f"{g} {v}" for g, v in summary["passed_per_gate"].items())
+    _print_json_or(summary, as_json, [
+        f"job {summary['job']}: {summary['tasks']} tasks, {summary['parsed']} parsed, {summary['kept']} kept "
+        f"({summary['generated_now']} generated now in {summary['seconds']} s)",
+        f"passed per gate: {gates_line}",
+        f"first failed gate: {summary['first_failed_gate']}",
+        f"tokens: {summary['tokens']}; seconds per 100 rows: {summary['seconds_per_100_rows']}"])
+
+
+@data_app.command("gaps")
+def data_gaps(config: ConfigOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """k-means gap analysis of the current pool; writes gaps.json (the plan) and gaps.png."""
+    from jessy.data.gaps import analyze, plot, write
+    from jessy.data.prepare import engine_rows
+
+    cfg = _config(config, profile)
+    persona = _persona(cfg.persona.path)
+    rows = _gold_rows(cfg) + engine_rows(cfg)[0]
+    result = analyze(rows, persona.dimension_names, cfg.data.composition, cfg.data.clusters, cfg.data.seed)
+    work = Path(cfg.data.work_dir)
+    write(result, work)
+    plot(result, persona.dimension_names, cfg.data.composition, work / "gaps.png")
+    summary = {k: result[k] for k in ("rows", "k", "mean_cluster_size")} | {
+        "under_represented": len(result["under_represented"]), "missing_pairs": len(result["missing_pairs"]),
+        "categories_below_share": result["categories_below_share"], "plan_rows": sum(p["n"] for p in result["plan"])}
+    _print_json_or(summary, as_json, [
+        f"{result['rows']} rows, k={result['k']}: {summary['under_represented']} under-represented clusters, "
+        f"{summary['missing_pairs']} dimension pairs never together",
+        f"categories below share: {result['categories_below_share'] or 'none'}",
+        f"plan: {summary['plan_rows']} rows -> {work / 'gaps.json'} (plot {work / 'gaps.png'}); "
+        "run `jessy data generate --fill-gaps`"])
+
+
+@data_app.command("augment")
+def data_augment(config: ConfigOpt = None, profile: ProfileOpt = None,
+                 limit: Annotated[int | None, typer.Option("--limit", help="at most this many operations")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """Paraphrase, back-translate, synonym-replace, substitute entities, vary dimensions; gated."""
+    from jessy.data.augment import augment
+
+    cfg = _config(config, profile)
+    persona, gold, gates, backend = _engine(cfg)
+    summary = augment(cfg, gold, backend, gates, persona.dimension_names, limit=limit)
+    _print_json_or(summary, as_json, [f"{summary['planned']} operations planned, {summary['done_now']} done now, "
+                                      f"{summary['kept']} rows kept", f"per operation: {summary['per_op']}"])
+
+
+@data_app.command("constitution")
+def data_constitution(config: ConfigOpt = None, profile: ProfileOpt = None,
+                      prompts: Annotated[Path | None, typer.Option("--prompts", help="red-team prompts JSONL")] = None,
+                      limit: Annotated[int | None, typer.Option("--limit", help="only the first N prompts")] = None,
+                      as_json: JsonOpt = False) -> None:
+    """Critique-and-revise red-team replies against the constitution -> SFT and preference rows."""
+    from jessy.data.constitution import constitution, load_redteam
+
+    cfg = _config(config, profile)
+    persona, _, gates, backend = _engine(cfg)
+    items = load_redteam(prompts)[:limit]
+    summary = constitution(cfg, persona, backend, gates, items)
+    _print_json_or(summary, as_json, [
+        f"{summary['prompts']} prompts: {summary['sft_kept']} revisions kept, "
+        f"{summary['preference_pairs']} preference pairs; revisions failing: {summary['revision_failed']}"])
+
+
+@data_app.command("report")
+def data_report(config: ConfigOpt = None, profile: ProfileOpt = None,
+                data: Annotated[Path | None, typer.Option("--data", help="prepared data (default: work_dir)")] = None,
+                out_dir: Annotated[Path | None, typer.Option("--out", help="default: work_dir")] = None) -> None:
+    """Write data_report.html and data_report.json."""
+    from jessy.data.report import write_report
+
+    cfg = _config(config, profile)
+    work = Path(cfg.data.work_dir)
+    try:
+        write_report(work, data or work, _persona(cfg.persona.path).dimension_names, out_dir or work)
+    except FileNotFoundError as e:
+        raise _fail(str(e)) from None
+    out.print(f"wrote {(out_dir or work) / 'data_report.html'} and data_report.json")
+
+
+@app.command()
+def serve(model: Annotated[str, typer.Argument(help="HF directory, .gguf file or 'gemma3-270m'")],
+          host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="port")] = 8000,
+          name: Annotated[str, typer.Option(help="model name the API reports")] = "jessy") -> None:
+    """An OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models, /health)."""
+    import uvicorn
+
+    from jessy.generation.backends import LlamaCppBackend, TransformersBackend
+    from jessy.model.resolve import resolve_base
+    from jessy.serve.server import create_app
+
+    backend = LlamaCppBackend(model) if model.endswith(".gguf") else TransformersBackend(resolve_base(model))
+    out.print(f"serving {model} as '{name}' on http://{host}:{port}/v1")
+    uvicorn.run(create_app(backend, name), host=host, port=port, log_level="info")
+
+
 # --------------------------------------------------------------------------- not built yet
 
 _PENDING = {
@@ -204,7 +364,6 @@ _PENDING = {
     "eval": "evaluation (issue #6)",
     "export": "export to merged weights, GGUF and Ollama (issue #7)",
     "chat": "chat (issue #7)",
-    "serve": "the OpenAI-compatible server (issue #7)",
     "runs": "the run registry (issue #8)",
 }
 

@@ -61,6 +61,7 @@ class PersonaConfig(Strict):
 
 class DataSource(Strict):
     path: str
+    name: str | None = Field(None, description="pool name for stage mixes (default: user)")
     format: Literal["auto", "messages", "sharegpt", "alpaca", "csv", "preference"] = "auto"
     category: str | None = Field(None, description="category for rows that carry none")
     language: str | None = Field(None, description="language for rows that carry none")
@@ -83,13 +84,80 @@ def _default_composition() -> dict[str, float]:
     return {"personality": 0.30, "reasoning": 0.25, "ethics": 0.20, "warmth": 0.15, "meta_cognitive": 0.10}
 
 
+class TeacherConfig(Strict):
+    """A generation backend: the teacher for data, the judge for gates and evaluation."""
+
+    kind: Literal["transformers", "llamacpp", "openai"] = "transformers"
+    model: str | None = Field(None, description="default: model.base (transformers); a .gguf (llamacpp); "
+                                                "the served model name (openai)")
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(None, description="openai: the environment variable holding the key")
+    style: Literal["completion", "chat"] = Field(
+        "completion", description="completion suits base models (few-shot text); chat suits instruct models")
+    concurrency: int = Field(4, ge=1, description="parallel HTTP requests")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    batch_size: int = Field(4, ge=1, description="local generation batch")
+    max_new_tokens: int = Field(320, ge=8)
+
+
+def _default_temperatures() -> dict[str, float]:
+    return {"personality": 0.8, "warmth": 0.8, "reasoning": 0.4, "ethics": 0.4, "meta_cognitive": 0.6}
+
+
+class GenerateConfig(Strict):
+    n: int = Field(100, ge=0, description="rows to generate per `jessy data generate`")
+    few_shot: int = Field(3, ge=1, le=8)
+    temperatures: dict[str, float] = Field(default_factory=_default_temperatures)
+    multi_turn_share: float = Field(0.15, ge=0, le=1)
+    turkish_share: float = Field(0.10, ge=0, le=1)
+    shard_size: int = Field(100, ge=1, description="rows per append-only output shard")
+    seed: int = 7
+
+
+class GatesConfig(Strict):
+    persona_consistency: float | Literal["calibrated"] = Field(
+        "calibrated", description="cosine of a reply to the persona profile; 'calibrated' keeps `calibration_keep` "
+                                  "of the bundled seeds (the seeds' 0.85 keeps none of them: see the README)")
+    dimensional_accuracy: float | Literal["calibrated"] = Field(
+        "calibrated", description="share of the requested dimensions the reply activates")
+    calibration_keep: float = Field(0.90, gt=0, le=1, description="share of gold rows a calibrated gate keeps")
+    min_words: int = Field(20, ge=0)
+    max_words: int = Field(250, ge=1)
+    languages: list[str] = Field(default_factory=lambda: ["en", "tr"])
+    judge: TeacherConfig | None = Field(None, description="clarity and naturalness gates run when set")
+    judge_min: float = Field(4.0, ge=1, le=5)
+
+
+def _default_augment_rates() -> dict[str, float]:
+    return {"paraphrase": 0.35, "back_translation": 0.15, "synonym": 0.25, "entity": 0.20, "dimensional": 0.10}
+
+
+class AugmentConfig(Strict):
+    rates: dict[Literal["paraphrase", "back_translation", "synonym", "entity", "dimensional"], float] = Field(
+        default_factory=_default_augment_rates)
+    pivot_language: str = Field("fr", description="back-translation goes through this language")
+    seed: int = 11
+
+
 class DataConfig(Strict):
     bundled_seeds: bool = Field(True, description="include jessy's hand-written seed conversations")
+    bundled_general: bool = Field(True, description="include the bundled general dialogue and reasoning rows "
+                                                    "(rehearsal pools general_dialogue, general_reasoning)")
     sources: list[DataSource] = Field(default_factory=list)
     splits: Splits = Field(default_factory=Splits)
     seed: int = 42
     max_examples: int | None = Field(None, ge=1, description="a subset of this many rows (quick runs)")
     composition: dict[str, float] = Field(default_factory=_default_composition)
+    composition_tolerance: float = Field(0.02, ge=0, le=1, description="allowed gap per category share")
+    work_dir: str = Field("out/data", description="where the data engine keeps generations, plans, reports")
+    include_engine_output: bool = Field(True, description="prepare also reads work_dir's kept rows")
+    teacher: TeacherConfig | None = Field(None, description="`jessy run` generates data only when set")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    near_duplicate: float = Field(0.95, gt=0, le=1, description="embedding cosine that counts as a duplicate")
+    clusters: int | None = Field(None, ge=2, description="k for gap analysis; default min(75, n/10)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @model_validator(mode="after")
     def _composition_known(self) -> DataConfig:

@@ -312,7 +312,7 @@ def _build_row(fmt: str, obj: Any, path: Path, line: int, defaults: dict[str, An
     else:
         row = {"messages": JSON_PARSERS[fmt](obj)}
     meta = _metadata(obj, defaults)
-    return {"id": _row_id(obj, path, line), **row, "metadata": meta, "source": {"file": str(path), "line": line}}
+    return {"id": _row_id(obj, path, line), **row, "metadata": meta, "origin": {"file": str(path), "line": line}}
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, Any, str, str | None]]:

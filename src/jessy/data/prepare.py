@@ -11,8 +11,6 @@ import hashlib
 import json
 import os
 import random
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,27 +18,50 @@ from typing import Any
 from rich.progress import track
 
 from jessy.config import CATEGORIES, RESOURCES, JessyConfig
+from jessy.data.dedup import normalize_prompt
 from jessy.data.formats import LoadResult, read_file
 from jessy.data.template import TooLong, encode_truncated, with_system
 
 SPLITS = ("train", "val", "test")
 
 
+def _bundled(folder: str) -> list[Path]:
+    return sorted(Path(str(p)) for p in (RESOURCES / folder).iterdir() if p.name.endswith(".jsonl"))
+
+
 def bundled_seed_files() -> list[Path]:
-    return sorted(Path(str(p)) for p in (RESOURCES / "seeds").iterdir() if p.name.endswith(".jsonl"))
+    return _bundled("seeds")
+
+
+def _tagged(result: LoadResult, source: str) -> LoadResult:
+    for row in result.rows:
+        row["metadata"].setdefault("source", source)
+    return result
 
 
 def load_rows(config: JessyConfig) -> list[LoadResult]:
-    """Read the bundled seeds (when enabled) and every configured source."""
-    results = [read_file(p, "messages") for p in bundled_seed_files()] if config.data.bundled_seeds else []
+    """Read the bundled seeds and general rows (when enabled) and every configured source; each
+    row's ``metadata.source`` names its pool (seed, general_dialogue, general_reasoning, user...)."""
+    results = [_tagged(read_file(p, "messages"), "seed") for p in bundled_seed_files()] \
+        if config.data.bundled_seeds else []
+    if config.data.bundled_general:
+        results += [_tagged(read_file(p, "messages"), p.stem) for p in _bundled("general")]
     for src in config.data.sources:
-        results.append(read_file(src.path, src.format, {"category": src.category, "language": src.language}))
+        res = read_file(src.path, src.format, {"category": src.category, "language": src.language})
+        results.append(_tagged(res, src.name or "user"))
     return results
 
 
-def normalize_prompt(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return re.sub(r"[\W_]+", " ", text).strip()
+def engine_rows(config: JessyConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(conversations, preference pairs) the data engine kept in ``data.work_dir``."""
+    from jessy.data.constitution import constitution_rows
+    from jessy.data.generate import kept_rows
+
+    if not config.data.include_engine_output:
+        return [], []
+    work = Path(config.data.work_dir)
+    sft, prefs = constitution_rows(work)
+    return kept_rows(work, ("generated", "augmented")) + sft, prefs
 
 
 def prompt_hash(text: str) -> str:
@@ -142,31 +163,43 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def prepare(config: JessyConfig, out_dir: Path, tokenizer: Any, system_prompt: str | None) -> dict[str, Any]:
-    """Write train/val/test JSONL (and preference_*.jsonl), rejects.jsonl and stats.json."""
+    """Write train/val/test JSONL (and preference_*.jsonl), rejects.jsonl, duplicates.jsonl, stats.json."""
+    from jessy.data.dedup import cross_split_near_duplicates, dedup, row_text
+    from jessy.data.embed import embed
+    from jessy.data.mix import balance_composition
+
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_rows(config)
     rejects = [r for res in loaded for r in res.rejects]
     rows = [r for res in loaded for r in res.rows]
+    extra_rows, extra_prefs = engine_rows(config)
+    rows += extra_rows
+    convs = [r for r in rows if "messages" in r]
+    prefs = [r for r in rows if "prompt" in r] + extra_prefs
+    vectors = embed([row_text(r) for r in convs])
+    by_id = dict(zip((r["id"] for r in convs), vectors))
+    convs, duplicates = dedup(convs, config.data.near_duplicate, vectors)
+    convs, composition = balance_composition(convs, config.data.composition, config.data.composition_tolerance,
+                                             config.data.seed)
     if config.data.max_examples:
-        rows = subset(rows, config.data.max_examples, config.data.seed)
+        convs = subset(convs, config.data.max_examples, config.data.seed)
     max_len = config.model.max_seq_length
-    convs, prefs, lengths, truncated = [], [], [], 0
-    for row in track(rows, description="Tokenizing", transient=True):
-        if "prompt" in row:
-            prefs.append(row)
-            continue
+    kept, lengths, truncated = [], [], 0
+    for row in track(convs, description="Tokenizing", transient=True):
         try:
             enc = encode_truncated(tokenizer, with_system(row["messages"], system_prompt), max_len)
         except TooLong as e:
-            rejects.append({**row["source"], "id": row["id"],
+            rejects.append({**row.get("origin", {"file": None, "line": None}), "id": row["id"],
                             "reason": f"too long: {e}", "raw": json.dumps(row, ensure_ascii=False)})
             continue
-        kept = row["messages"][enc["dropped_turns"]:] if enc["dropped_turns"] else row["messages"]
+        msgs = row["messages"][enc["dropped_turns"]:] if enc["dropped_turns"] else row["messages"]
         truncated += bool(enc["dropped_turns"])
         lengths.append(len(enc["input_ids"]))
-        convs.append({**row, "messages": kept, "n_tokens": len(enc["input_ids"])})
+        kept.append({**row, "messages": msgs, "n_tokens": len(enc["input_ids"])})
+    convs = kept
     fractions = config.data.splits.model_dump()
     by_split: dict[str, int] = {}
+    parts: dict[str, list[dict[str, Any]]] = {}
     for name, items in (("", convs), ("preference_", prefs)):
         if not items:
             continue
@@ -175,18 +208,25 @@ def prepare(config: JessyConfig, out_dir: Path, tokenizer: Any, system_prompt: s
             part = [r for r, s in zip(items, labels) if s == split]
             _write_jsonl(out_dir / f"{name}{split}.jsonl", part)
             by_split[f"{name}{split}"] = len(part)
+            parts[f"{name}{split}"] = part
     _write_jsonl(out_dir / "rejects.jsonl", rejects)
+    _write_jsonl(out_dir / "duplicates.jsonl", duplicates)
     stats = {
         "total": len(convs),
         "by_category": _count(convs, "category", CATEGORIES),
         "by_language": _count(convs, "language", ()),
+        "by_source": _count(convs, "source", ()),
         "by_dimension": dict(sorted(Counter(
             d for r in convs for d in r["metadata"].get("dimensions_active") or []).items())),
         "by_split": by_split,
         "token_length": {"p50": _percentile(lengths, 0.5), "p90": _percentile(lengths, 0.9),
                          "max": max(lengths, default=0)},
+        "composition": composition,
         "preference_pairs": len(prefs),
         "rejected": len(rejects),
+        "duplicates_removed": len(duplicates),
+        "cross_split_near_duplicates": cross_split_near_duplicates(
+            {k: parts.get(k, []) for k in SPLITS}, config.data.near_duplicate, by_id),
         "truncated": truncated,
         "max_seq_length": max_len,
     }
@@ -195,5 +235,5 @@ def prepare(config: JessyConfig, out_dir: Path, tokenizer: Any, system_prompt: s
 
 
 def _count(rows: list[dict[str, Any]], key: str, always: tuple[str, ...]) -> dict[str, int]:
-    counts = Counter(r["metadata"].get(key) or "unknown" for r in rows)
+    counts = Counter(r["metadata"].get(key) or "uncategorized" for r in rows)
     return {**{k: 0 for k in always}, **dict(sorted(counts.items()))}

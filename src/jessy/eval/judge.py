@@ -1,0 +1,56 @@
+"""G-Eval style judging: a fixed rubric, one score token, the probability-weighted mean score.
+
+The score is ``sum(k * p(k)) / sum(p(k))`` over the tokens "1".."5", from exact next-token
+probabilities (local transformers or llama.cpp judges) or ``top_logprobs`` (OpenAI endpoints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import yaml
+from pydantic import Field
+
+from jessy.config import RESOURCES, Strict
+from jessy.generation.backends import Backend, GenRequest
+
+SCORES = ("1", "2", "3", "4", "5")
+
+
+class Rubric(Strict):
+    criteria: str
+    steps: list[str] = Field(min_length=1)
+
+
+@lru_cache(maxsize=1)
+def rubrics() -> dict[str, Rubric]:
+    raw = yaml.safe_load((RESOURCES / "eval" / "rubrics.yaml").read_text(encoding="utf-8"))
+    return {name: Rubric.model_validate(r) for name, r in raw.items()}
+
+
+def judge_messages(rubric: Rubric, user: str, reply: str) -> list[dict[str, str]]:
+    steps = "\n".join(f"{i}. {s}" for i, s in enumerate(rubric.steps, 1))
+    return [{"role": "user", "content": (
+        f"You are grading one reply in a conversation.\nCriteria: {rubric.criteria}\n"
+        f"Evaluation steps:\n{steps}\n\nUser message:\n{user}\n\nReply:\n{reply}\n\n"
+        "Answer with a single digit from 1 (worst) to 5 (best) and nothing else.")}]
+
+
+@dataclass
+class JudgeScore:
+    score: float | None  # None when the judge put (almost) no probability on any score token
+    probs: dict[str, float]
+    mass: float  # total probability on the score tokens: how much the judge followed the format
+
+
+def weighted_score(probs: dict[str, float]) -> JudgeScore:
+    mass = sum(probs.get(s, 0.0) for s in SCORES)
+    if mass < 1e-9:
+        return JudgeScore(None, probs, mass)
+    return JudgeScore(sum(int(s) * probs.get(s, 0.0) for s in SCORES) / mass, probs, mass)
+
+
+def judge(backend: Backend, rubric_name: str, user: str, reply: str) -> JudgeScore:
+    msgs = judge_messages(rubrics()[rubric_name], user, reply)
+    return weighted_score(backend.choice_probs(GenRequest.chat(msgs, max_new_tokens=1, temperature=0.0), SCORES))
