@@ -48,6 +48,8 @@ def test_gold_rows_pass_the_phrase_and_language_gates(gates, seeds):
     ("As an AI, I can't really feel lonely, but " + WARM, "meta_commentary"),
     (WARM + " Honestly, I need you to keep talking to me. Don't leave me.", "dependency"),
     ("Okay.", "length"),
+    ("I've got a lot of questions. I've got a lot of questions. I've got a lot of questions. I've got a lot of "
+     "questions. I'm not sure how I'm going to get through this. I've got a lot of questions.", "repetition"),
     ("Hafta sonunun ağır geçtiğini duymak üzücü. Yalnızlık bazen hiçbir şey yanlış gitmese de gelir ve "
      "aslında neyi özlediğimizi anlatır. Bana anlatmana sevindim. İstediğin hafta sonunu hayal ettiğinde "
      "yanında kim var, birlikte ne yapıyorsunuz?", "language"),
@@ -62,6 +64,12 @@ def test_rows_that_must_fail(gates, reply, gate):
     (res,) = gates.check([row(reply)])
     assert gate in failed(res), res[gate]
     assert res[gate]["reason"]
+
+
+def test_a_copy_of_a_gold_reply_fails_novelty(gates, seeds):
+    gold = seeds[3]
+    (res,) = gates.check([{**gold, "id": "copy"}])
+    assert "novelty" in failed(res) and gold["id"] in res["novelty"]["reason"]
 
 
 def test_a_warm_on_persona_reply_passes_every_gate(gates):

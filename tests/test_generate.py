@@ -29,6 +29,11 @@ def test_parse_conversation():
                                completion=False)
     assert [m["role"] for m in multi] == ["user", "assistant", "user", "assistant"]
     assert multi[-1]["content"] == "d\nline two"
+    # a repeated speaker or a new label line ends the conversation; max_exchanges cuts it
+    assert len(parse_conversation(" a\nJessy: b\nJessy: c\nUser: d", completion=True)) == 2
+    cut = parse_conversation(" a\nJessy: b\nCategory: warmth | Dimensions: X\nUser: c", completion=True)
+    assert cut[-1]["content"] == "b"
+    assert len(parse_conversation(" a\nJessy: b\nUser: c\nJessy: d", True, max_exchanges=1)) == 2
     for bad in ("no speakers at all", "\nJessy: only a reply", " q\nJessy:   \n"):
         with pytest.raises(ValueError):
             parse_conversation(bad, completion=True)

@@ -75,3 +75,22 @@ def test_openai_backend_against_a_real_server(tiny_backend):
         assert httpx.get(url + "/models").json()["data"][0]["id"] == "tiny"
         bad = httpx.post(url + "/chat/completions", json={"model": "tiny", "messages": []})
         assert bad.status_code == 422
+
+
+def test_llamacpp_backend_matches_the_training_tokens_and_probabilities(tokenizer):
+    pytest.importorskip("llama_cpp")
+    from jessy.data.template import encode
+    from jessy.generation.backends import LlamaCppBackend
+    from jessy.model.resolve import packaged_gguf
+
+    llm = LlamaCppBackend(str(packaged_gguf()), n_ctx=512)
+    msgs = with_system([{"role": "user", "content": "Merhaba! Bugün nasılsın?"}], "Be warm.")
+    ids = llm.tokens(GenRequest.chat(msgs))
+    assert ids == tokenizer(render(tokenizer, msgs, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    full = msgs + [{"role": "assistant", "content": "İyiyim, teşekkürler!"}]
+    assert llm.tokens(GenRequest(prompt=render_chat(full, add_generation_prompt=False))) == \
+        encode(tokenizer, full)["input_ids"]
+    probs = llm.choice_probs(GenRequest.chat([{"role": "user", "content": "Pick a digit."}]), list("12345"))
+    assert 0 < sum(probs.values()) <= 1 and len(set(probs.values())) > 1
+    out = llm.generate([GenRequest.chat(msgs, max_new_tokens=8, temperature=0.0)])[0]
+    assert out.completion_tokens <= 8 and out.prompt_tokens == len(ids)

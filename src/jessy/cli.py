@@ -59,9 +59,8 @@ def run(config: ConfigOpt = None, profile: ProfileOpt = "quick",
     out.print(f"[bold]jessy run[/] profile={profile or '-'} -> {run_dir}")
     stats = _prepare(cfg, run_dir / "data")
     out.print(f"data: {stats['total']} conversations, splits {stats['by_split']}")
-    first = cfg.stages[0].name if cfg.stages else "evaluation"
-    err.print(f"jessy run: stopped before stage '{first}': {_PENDING['train']} is not built yet. "
-              f"The prepared data is in {run_dir / 'data'}.")
+    _train(cfg, run_dir)
+    err.print(f"jessy run: stopped after training: {_PENDING['eval']} is not built yet. The run is in {run_dir}.")
     raise typer.Exit(2)
 
 
@@ -340,6 +339,55 @@ def data_report(config: ConfigOpt = None, profile: ProfileOpt = None,
     out.print(f"wrote {(out_dir or work) / 'data_report.html'} and data_report.json")
 
 
+# --------------------------------------------------------------------------- train
+
+
+def _train(cfg: JessyConfig, run_dir: Path, only_stage: str | None = None) -> dict:
+    from jessy.model.resolve import load_tokenizer
+    from jessy.train.pipeline import StageFailed, train_run
+
+    persona = _persona(cfg.persona.path)
+    tok = load_tokenizer(cfg.model.base, persona.special_tokens if cfg.persona.special_tokens else ())
+    try:
+        result = train_run(cfg, persona, run_dir, tok, out, only_stage)
+    except (StageFailed, FileNotFoundError, ValueError) as e:
+        raise _fail(f"{e} (resume with: jessy train --resume {run_dir})") from None
+    table = Table("stage", "steps", "loss first->last", "val loss", "time s", "tokens/s", "peak MB", "alarms")
+    for s in result["stages"]:
+        loss = f"{s['loss_first']:.3f} -> {s['loss_last']:.3f}" if s.get("loss_first") is not None else "-"
+        val = f"{s['val_loss']:.3f}" if s.get("val_loss") is not None else "-"
+        table.add_row(s["stage"], str(s["steps"]), loss, val, str(s["seconds"]), str(s["tokens_per_s"]),
+                      str(s["peak_memory_mb"]), str(len(s["alarms"])))
+    out.print(table)
+    verdict = result["verdict"]
+    colour = "green" if verdict["verdict"] == "GO" else "red"
+    out.print(f"[bold {colour}]{verdict['verdict']}[/]")
+    for reason in verdict["reasons"]:
+        out.print(f"  {reason}", highlight=False, markup=False)
+    out.print(f"run: {run_dir}")
+    return result
+
+
+@app.command()
+def train(config: ConfigOpt = None, profile: ProfileOpt = None,
+          stage: Annotated[str | None, typer.Option("--stage", help="run only this stage")] = None,
+          resume: Annotated[Path | None, typer.Option("--resume", help="continue this run directory")] = None,
+          out_dir: Annotated[Path | None, typer.Option("--out", help="run directory")] = None) -> None:
+    """Train the config's stages (personality -> reasoning -> ethics -> preference -> polish)."""
+    if resume is not None:
+        if not (resume / "config.yaml").exists():
+            raise _fail(f"{resume}: not a run directory (no config.yaml)")
+        cfg = _config(resume / "config.yaml", None)
+        run_dir = resume
+    else:
+        cfg = _config(config, profile)
+        run_dir = out_dir or Path(cfg.run.output_dir) / time.strftime("run-%Y%m%d-%H%M%S")
+        if not (run_dir / "data" / "train.jsonl").exists():
+            stats = _prepare(cfg, run_dir / "data")
+            out.print(f"data: {stats['total']} conversations, splits {stats['by_split']}")
+    _train(cfg, run_dir, stage)
+
+
 @app.command()
 def serve(model: Annotated[str, typer.Argument(help="HF directory, .gguf file or 'gemma3-270m'")],
           host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
@@ -349,10 +397,13 @@ def serve(model: Annotated[str, typer.Argument(help="HF directory, .gguf file or
     import uvicorn
 
     from jessy.generation.backends import LlamaCppBackend, TransformersBackend
-    from jessy.model.resolve import resolve_base
+    from jessy.model.resolve import ModelNotFound, resolve_base
     from jessy.serve.server import create_app
 
-    backend = LlamaCppBackend(model) if model.endswith(".gguf") else TransformersBackend(resolve_base(model))
+    try:
+        backend = LlamaCppBackend(model) if model.endswith(".gguf") else TransformersBackend(resolve_base(model))
+    except (ModelNotFound, ValueError, OSError) as e:
+        raise _fail(str(e)) from None
     out.print(f"serving {model} as '{name}' on http://{host}:{port}/v1")
     uvicorn.run(create_app(backend, name), host=host, port=port, log_level="info")
 
@@ -360,7 +411,6 @@ def serve(model: Annotated[str, typer.Argument(help="HF directory, .gguf file or
 # --------------------------------------------------------------------------- not built yet
 
 _PENDING = {
-    "train": "staged training (issue #5)",
     "eval": "evaluation (issue #6)",
     "export": "export to merged weights, GGUF and Ollama (issue #7)",
     "chat": "chat (issue #7)",

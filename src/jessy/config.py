@@ -124,6 +124,8 @@ class GatesConfig(Strict):
     calibration_keep: float = Field(0.90, gt=0, le=1, description="share of gold rows a calibrated gate keeps")
     min_words: int = Field(20, ge=0)
     max_words: int = Field(250, ge=1)
+    max_repetition: float = Field(0.35, gt=0, le=1, description="largest share of a reply one trigram may cover")
+    max_gold_similarity: float = Field(0.95, gt=0, le=1, description="a reply this close to a gold reply is a copy")
     languages: list[str] = Field(default_factory=lambda: ["en", "tr"])
     judge: TeacherConfig | None = Field(None, description="clarity and naturalness gates run when set")
     judge_min: float = Field(4.0, ge=1, le=5)
@@ -213,7 +215,7 @@ DEFAULT_STAGES: list[dict[str, Any]] = [
     {"name": "reasoning", "learning_rate": 2e-4, "lora": {"r": 32}, "epochs": 2,
      "mix": {"reasoning": 0.50, "personality": 0.30, "general_reasoning": 0.20}},
     {"name": "ethics", "learning_rate": 5e-5, "lora": {"r": 32}, "epochs": 2,
-     "mix": {"constitution": 0.70, "personality": 0.30}},
+     "mix": {"constitution": 0.35, "ethics": 0.35, "personality": 0.30}},
     {"name": "preference", "kind": "dpo", "learning_rate": 5e-6, "lora": {"r": 16}, "epochs": 1,
      "mix": {"preference": 1.0}},
     {"name": "polish", "learning_rate": 2e-5, "lora": {"r": 16}, "epochs": 1,
@@ -285,6 +287,17 @@ class ExportConfig(Strict):
 class RunConfig(Strict):
     output_dir: str = "runs"
     seed: int = 42
+    checkpoint_every: int = Field(500, ge=1, description="optimizer steps; runs shorter than 4x this save 4 times")
+    save_merged: bool = Field(True, description="write the final merged model (HF safetensors) into the run")
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on for CUDA and 4-bit, off for CPU fp32 (3x slower there for little gain)")
+    memory_limit_gb: float = Field(12.0, gt=0, description="go/no-go: peak memory must stay under this")
+    drift_alarm: float = Field(0.75, gt=0, description="alarm when probe consistency falls below this share of "
+                                                       "the gold rows' median consistency")
+    specialization_action: Literal["warn", "stop", "restart"] = "warn"
+    restart_lr_factor: float = Field(0.5, gt=0, lt=1, description="restart: the stage's lr is multiplied by this")
+    divergence_factor: float = Field(3.0, gt=1, description="stop when the loss exceeds this x the best loss")
+    probe_max_new_tokens: int = Field(48, ge=4)
 
 
 class JessyConfig(Strict):

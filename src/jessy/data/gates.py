@@ -1,8 +1,10 @@
 """Quality gates: named checks, each recording its value, threshold and reason on every row.
 
 Gates, in order: meta_commentary, dependency (the persona's phrase lists, zero tolerance),
-length, language, persona_consistency (cosine to the persona profile), dimensional_accuracy
-(requested dimensions the reply activates), then clarity and naturalness when a judge is set.
+length, repetition (a looping reply), language, novelty (not a copy of a gold row: a teacher
+shown few-shot examples likes to repeat them), persona_consistency (cosine to the persona
+profile), dimensional_accuracy (requested dimensions the reply activates), then clarity and
+naturalness when a judge is set.
 Numeric thresholds may be ``calibrated``: set so that ``calibration_keep`` of the gold rows (the
 bundled seeds or your own reference rows) pass, and reported with what the fixed figures would do.
 """
@@ -22,7 +24,7 @@ from jessy.eval.judge import judge
 from jessy.generation.backends import Backend
 from jessy.persona.spec import Persona
 
-GATES = ("meta_commentary", "dependency", "length", "language", "persona_consistency",
+GATES = ("meta_commentary", "dependency", "length", "repetition", "language", "novelty", "persona_consistency",
          "dimensional_accuracy", "clarity", "naturalness")
 CLAIMED = {"persona_consistency": 0.85, "dimensional_accuracy": 0.90}  # the seeds' figures
 
@@ -34,6 +36,19 @@ def final_reply(row: dict[str, Any]) -> str:
 def last_user(row: dict[str, Any]) -> str:
     msgs = row["messages"] if "messages" in row else row["prompt"]
     return next(m["content"] for m in reversed(msgs) if m["role"] == "user")
+
+
+def repetition_share(text: str, n: int = 3) -> float:
+    """How much of a reply its most frequent word trigram covers (a looping reply scores high)."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if len(grams) < 6:
+        return 0.0
+    counts: dict[tuple[str, ...], int] = {}
+    for g in grams:
+        counts[g] = counts.get(g, 0) + 1
+    top = max(counts.values())
+    return top * n / len(words) if top > 1 else 0.0
 
 
 def detect_language(text: str) -> str:
@@ -67,6 +82,7 @@ class Gates:
         self.persona, self.cfg, self.judge = persona, cfg, judge_backend
         ref_texts = [final_reply(r) for r in reference_rows]
         ref_emb = embed(ref_texts)
+        self.ref_ids, self.ref_emb = [r["id"] for r in reference_rows], ref_emb
         mean = ref_emb.mean(axis=0)
         self.profile = mean / np.linalg.norm(mean)
         labels = [r["metadata"].get("dimensions_active") or [] for r in reference_rows]
@@ -100,7 +116,7 @@ class Gates:
         cos = emb @ self.profile
         found = self.extractor.extract(replies, emb)
         out = []
-        for row, reply, c, dims in zip(rows, replies, cos, found):
+        for row, reply, c, dims, e_row in zip(rows, replies, cos, found, emb):
             res: dict[str, dict[str, Any]] = {}
             assistant = [m["content"] for m in row.get("messages", []) if m["role"] == "assistant"] or [reply]
             flags = [f for text in assistant for f in self.persona.red_flags_in(text)]
@@ -113,11 +129,21 @@ class Gates:
             bounds = [self.cfg.min_words, self.cfg.max_words]
             res["length"] = {"passed": ok, "value": words, "threshold": bounds,
                              "reason": "" if ok else f"{words} words, outside {bounds[0]}-{bounds[1]}"}
+            rep = repetition_share(reply)
+            ok = rep <= self.cfg.max_repetition
+            res["repetition"] = {"passed": ok, "value": round(rep, 4), "threshold": self.cfg.max_repetition,
+                                 "reason": "" if ok else f"one phrase repeats over {rep:.0%} of the reply"}
             want = row["metadata"].get("language")
             lang = detect_language(reply)
             ok = lang in self.cfg.languages and (want is None or lang == want)
             res["language"] = {"passed": ok, "value": lang, "threshold": want or self.cfg.languages,
                                "reason": "" if ok else f"reply is in {lang!r}, expected {want or self.cfg.languages}"}
+            sims = self.ref_emb @ e_row
+            j = int(np.argmax(sims))
+            ok = bool(sims[j] < self.cfg.max_gold_similarity)
+            res["novelty"] = {"passed": ok, "value": round(float(sims[j]), 4),
+                              "threshold": self.cfg.max_gold_similarity,
+                              "reason": "" if ok else f"copies gold row {self.ref_ids[j]} (cosine {sims[j]:.3f})"}
             thr = self.report.thresholds["persona_consistency"]
             res["persona_consistency"] = {"passed": bool(c >= thr), "value": round(float(c), 4), "threshold": thr,
                                           "reason": "" if c >= thr else f"cosine {c:.3f} < {thr:.3f}"}

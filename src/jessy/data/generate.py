@@ -36,9 +36,14 @@ def make_backend(teacher: TeacherConfig, base: str, cache_path: Path | None) -> 
     if teacher.kind == "transformers":
         inner: Backend = TransformersBackend(resolve_base(teacher.model or base), batch_size=teacher.batch_size)
     elif teacher.kind == "llamacpp":
-        if not teacher.model:
-            raise ValueError("teacher.kind llamacpp needs teacher.model: a path to a .gguf file")
-        inner = LlamaCppBackend(teacher.model)
+        from jessy.model.resolve import PACKAGED, packaged_gguf
+
+        model = teacher.model or base
+        if model == PACKAGED:
+            model = str(packaged_gguf())
+        if not model.endswith(".gguf"):
+            raise ValueError(f"teacher.kind llamacpp needs a .gguf file (or '{PACKAGED}'), got {model!r}")
+        inner = LlamaCppBackend(model)
     else:
         if not (teacher.base_url and teacher.model):
             raise ValueError("teacher.kind openai needs teacher.base_url and teacher.model")
@@ -128,19 +133,25 @@ def build_request(persona: Persona, task: dict[str, Any], seeds_by_id: dict[str,
     return GenRequest.chat([{"role": "user", "content": instruction}], **common)
 
 
-def parse_conversation(text: str, completion: bool) -> list[dict[str, str]]:
-    """``User: ... Jessy: ...`` text -> alternating messages ending with an assistant turn."""
+def parse_conversation(text: str, completion: bool, max_exchanges: int | None = None) -> list[dict[str, str]]:
+    """``User: ... Jessy: ...`` text -> alternating messages ending with an assistant turn.
+
+    The conversation ends where the teacher starts another one (a label line or ``###``), repeats a
+    speaker, or reaches ``max_exchanges``; an empty turn or no complete exchange is an error."""
     body = ("User: " + text) if completion else text[text.find("User:"):] if "User:" in text else text
+    body = re.split(r"\n\s*(?:Category:|###)", body)[0]
     parts = SPEAKER.split(body)
-    messages = []
+    messages: list[dict[str, str]] = []
     for speaker, content in zip(parts[1::2], parts[2::2]):
         role = "assistant" if speaker == "Jessy" else "user"
+        if messages and messages[-1]["role"] == role:
+            break  # the teacher lost the thread: keep what came before
         content = content.strip()
         if not content:
             raise ValueError(f"an empty {role} turn")
-        if messages and messages[-1]["role"] == role:
-            raise ValueError("two turns in a row from the same speaker")
         messages.append({"role": role, "content": content})
+    if max_exchanges:
+        messages = messages[: 2 * max_exchanges]
     while messages and messages[-1]["role"] == "user":
         messages.pop()
     if len(messages) < 2 or messages[0]["role"] != "user":
@@ -224,7 +235,7 @@ def generate(cfg: JessyConfig, persona: Persona, seeds: Sequence[dict[str, Any]]
                 rec: dict[str, Any] = {"task": t, "raw": res.text, "cached": res.cached,
                                        "usage": {"prompt": res.prompt_tokens, "completion": res.completion_tokens}}
                 try:
-                    msgs = parse_conversation(res.text, teacher.style == "completion")
+                    msgs = parse_conversation(res.text, teacher.style == "completion", t["turns"])
                     rec["row"] = {"id": f"gen-{jid}-{t['index']:06d}", "messages": msgs, "metadata": {
                         "category": t["category"], "dimensions_active": t["dimensions"], "pattern": t["pattern"],
                         "language": t["language"], "source": "generated", "teacher": backend.id}}

@@ -44,6 +44,8 @@ def load_rows(config: JessyConfig) -> list[LoadResult]:
     row's ``metadata.source`` names its pool (seed, general_dialogue, general_reasoning, user...)."""
     results = [_tagged(read_file(p, "messages"), "seed") for p in bundled_seed_files()] \
         if config.data.bundled_seeds else []
+    if config.data.bundled_seeds:
+        results += [_tagged(read_file(p, "preference"), "seed") for p in _bundled("preference")]
     if config.data.bundled_general:
         results += [_tagged(read_file(p, "messages"), p.stem) for p in _bundled("general")]
     for src in config.data.sources:

@@ -144,7 +144,7 @@ class TransformersBackend(Backend):
             attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
             torch.manual_seed(hash(tuple(requests[j].seed for j in batch)) % (2**31))  # same batch, same samples
             kwargs: dict[str, Any] = {"max_new_tokens": head.max_new_tokens, "eos_token_id": self.stop_ids,
-                                      "pad_token_id": pad}
+                                      "pad_token_id": pad, "use_cache": True}
             if head.temperature > 0:
                 kwargs.update(do_sample=True, temperature=head.temperature, top_p=head.top_p, top_k=0)
             else:
@@ -220,12 +220,15 @@ class LlamaCppBackend(Backend):
         return out
 
     def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
+        import llama_cpp
         import numpy as np
 
         toks = self.tokens(request)
         self.llm.reset()
         self.llm.eval(toks)
-        logits = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+        # without logits_all (2 GB of scores for a 262k vocabulary) only the last row is computed
+        ptr = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         out = {}
