@@ -40,8 +40,8 @@ class ModelConfig(Strict):
     )
     quantization: Literal["none", "4bit"] = "none"
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: float32 on CPU, bfloat16 on CUDA (float16 makes Gemma NaN)"
-    )
+        "auto", description="dtype of the frozen base while training (adapters stay float32). auto: bfloat16 on "
+                            "CUDA and on CPUs with native bf16 matmuls, else float32. float16 makes Gemma NaN")
     max_seq_length: int = Field(1024, ge=32)
 
 
