@@ -29,3 +29,21 @@ def persona():
     from jessy.persona import load_persona
 
     return load_persona("jessy")
+
+
+@pytest.fixture(scope="session")
+def seeds():
+    """The bundled hand-written seed conversations."""
+    from jessy.data.formats import read_file
+    from jessy.data.prepare import bundled_seed_files
+
+    return [r for p in bundled_seed_files() for r in read_file(p, "messages").rows]
+
+
+@pytest.fixture(scope="session")
+def gates(persona, seeds):
+    """Quality gates calibrated on the seeds."""
+    from jessy.config import GatesConfig
+    from jessy.data.gates import Gates
+
+    return Gates(persona, GatesConfig(), seeds)

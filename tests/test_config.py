@@ -90,7 +90,7 @@ def test_cli_config_show(tmp_path):
     assert f"{bad}:2: eval.max_new_tokens" in r.output
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "export", "chat", "runs"])
+@pytest.mark.parametrize("command", ["eval", "export", "chat", "runs"])
 def test_unbuilt_commands_say_so_and_exit_2(command):
     r = runner.invoke(app, [command, "anything"])
     assert r.exit_code == 2

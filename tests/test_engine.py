@@ -6,28 +6,16 @@ import random
 import numpy as np
 import pytest
 
-from jessy.config import GatesConfig, JessyConfig
+from jessy.config import JessyConfig
 from jessy.data.augment import augment, plan_ops, substitute_entities
 from jessy.data.constitution import constitution, constitution_rows, load_redteam
 from jessy.data.dedup import dedup
-from jessy.data.formats import read_file
 from jessy.data.gaps import analyze, plot
-from jessy.data.gates import Gates
 from jessy.data.mix import balance_composition, stage_mix
-from jessy.data.prepare import bundled_seed_files, prepare
+from jessy.data.prepare import prepare
 from jessy.data.report import write_report
 from jessy.data.select import per_example_loss, sift_select
 from jessy.generation.backends import TransformersBackend
-
-
-@pytest.fixture(scope="module")
-def seeds():
-    return [r for p in bundled_seed_files() for r in read_file(p, "messages").rows]
-
-
-@pytest.fixture(scope="module")
-def gates(persona, seeds):
-    return Gates(persona, GatesConfig(), seeds)
 
 
 def conv(i, user, reply, category="warmth", **meta):

@@ -2,21 +2,8 @@
 
 import pytest
 
-from jessy.config import GatesConfig
-from jessy.data.formats import read_file
-from jessy.data.gates import Gates, failed
-from jessy.data.prepare import bundled_seed_files
+from jessy.data.gates import failed
 from jessy.eval.judge import judge, weighted_score
-
-
-@pytest.fixture(scope="module")
-def seeds():
-    return [r for p in bundled_seed_files() for r in read_file(p, "messages").rows]
-
-
-@pytest.fixture(scope="module")
-def gates(persona, seeds):
-    return Gates(persona, GatesConfig(), seeds)
 
 
 def row(reply, dims=("Emotion",), lang="en", user="I had such a lonely weekend and I don't know why."):

@@ -11,14 +11,7 @@ from collections import Counter
 import pytest
 
 from jessy.config import JessyConfig
-from jessy.data.formats import read_file
 from jessy.data.generate import build_prompt, parse_conversation, plan_tasks, read_shards
-from jessy.data.prepare import bundled_seed_files
-
-
-@pytest.fixture(scope="module")
-def seeds():
-    return [r for p in bundled_seed_files() for r in read_file(p, "messages").rows]
 
 
 def test_parse_conversation():

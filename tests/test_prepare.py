@@ -46,7 +46,9 @@ def test_prepare_bundled_seeds(tmp_path, tokenizer, persona):
     stats = prepare(cfg, tmp_path, tokenizer, persona.system_prompt("short"))
     assert set(stats) >= {"total", "by_category", "by_language", "by_dimension", "by_split", "token_length"}
     assert stats["total"] >= 300 and stats["rejected"] == 0
-    assert sum(stats["by_split"].values()) == stats["total"]
+    assert sum(v for k, v in stats["by_split"].items() if not k.startswith("preference")) == stats["total"]
+    assert stats["preference_pairs"] == 64 and stats["by_split"]["preference_train"] >= 50
+    assert stats["by_source"] == {"general_dialogue": 60, "general_reasoning": 60, "seed": 320}
     assert stats["by_language"]["tr"] >= 30
     tl = stats["token_length"]
     assert 0 < tl["p50"] <= tl["p90"] <= tl["max"] <= cfg.model.max_seq_length
@@ -62,16 +64,20 @@ def test_prepare_bundled_seeds(tmp_path, tokenizer, persona):
     # every split keeps every category
     for split in ("val", "test"):
         cats = {json.loads(x)["metadata"]["category"] for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()}
-        assert len(cats) == 5
+        assert len(cats - {None}) == 5
 
 
 def test_prepare_user_sources_and_too_long_rows(tmp_path, tokenizer):
     src = tmp_path / "mine.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"hello {i}"}, {"role": "assistant", "content": "hi"}]}
-            for i in range(20)]
+    topics = ["sourdough bread", "tax returns", "learning the cello", "grief after a pet dies", "moving to Oslo",
+              "a job interview", "knee surgery recovery", "planting tomatoes", "a wedding toast", "chess openings",
+              "quitting smoking", "saving for a house", "a noisy neighbour", "night shifts", "learning Turkish",
+              "a first marathon", "adopting a cat", "a broken laptop", "visiting grandparents", "writing a novel"]
+    rows = [{"messages": [{"role": "user", "content": f"Can we talk about {t}?"},
+                          {"role": "assistant", "content": f"Of course, {t} is worth talking about."}]} for t in topics]
     rows.append({"messages": [{"role": "user", "content": "long " * 300}, {"role": "assistant", "content": "x"}]})
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
-    cfg = JessyConfig.model_validate({"data": {"bundled_seeds": False, "sources": [
+    cfg = JessyConfig.model_validate({"data": {"bundled_seeds": False, "bundled_general": False, "sources": [
         {"path": str(src), "category": "warmth", "language": "en"}]}, "model": {"max_seq_length": 128}})
     stats = prepare(cfg, tmp_path / "out", tokenizer, None)
     assert stats["total"] == 20 and stats["rejected"] == 2

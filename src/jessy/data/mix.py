@@ -24,10 +24,14 @@ def balance_composition(rows: Sequence[dict[str, Any]], composition: dict[str, f
                         seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows whose category shares are each within ``tolerance`` of ``composition``."""
     counts = Counter(_category(r) for r in rows)
-    targets = {c: s for c, s in composition.items() if s > 0}
+    missing = sorted(c for c, s in composition.items() if s > 0 and not counts[c])
+    present = {c: s for c, s in composition.items() if s > 0 and counts[c]}
+    norm = sum(present.values()) or 1.0
+    targets = {c: s / norm for c, s in present.items()}  # categories with no rows cannot be balanced towards
     before = {c: counts[c] for c in targets}
     total = sum(before.values())
-    report: dict[str, Any] = {"before": before, "target": targets, "tolerance": tolerance}
+    report: dict[str, Any] = {"before": before, "target": {c: composition[c] for c in targets},
+                              "missing": missing, "tolerance": tolerance}
     if not total:
         return list(rows), {**report, "after": before, "how": "no categorized rows", "max_gap": None}
 
