@@ -106,7 +106,6 @@ class TransformersBackend(Backend):
         from transformers import AutoModelForCausalLM
 
         from jessy.model.resolve import load_tokenizer
-
         from jessy.train.model import cpu_has_fast_bf16
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
