@@ -106,11 +106,10 @@ class TransformersBackend(Backend):
         from transformers import AutoModelForCausalLM
 
         from jessy.model.resolve import load_tokenizer
-        from jessy.train.model import cpu_has_fast_bf16
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        fast_bf16 = self.device.startswith("cuda") or cpu_has_fast_bf16()
-        dtype = torch.bfloat16 if fast_bf16 else torch.float32
+        # fp32 on CPU: bf16 makes greedy output depend on batch padding, and decoding is not matmul-bound
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.tokenizer = tokenizer or load_tokenizer(model_path)
         self.model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
         self.model.eval()
