@@ -93,7 +93,7 @@ def test_cli_prepare_and_run_stop_honestly(tmp_path, tiny_model_dir):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {{base: {tiny_model_dir}}}\ndata: {{work_dir: {tmp_path / 'w'}}}\n"
                    "stages: [{name: personality, max_steps: 1, batch_size: 2, effective_batch: 2}]\n"
-                   "run: {probe_max_new_tokens: 2}\n")
+                   "run: {probe_max_new_tokens: 4}\n")
     r = runner.invoke(app, ["run", "-c", str(cfg), "--out", str(tmp_path / "run")])
     assert r.exit_code == 2, r.output
     assert "stopped after training" in r.output and "not built yet" in r.output
