@@ -205,6 +205,8 @@ class StageConfig(Strict):
     effective_batch: int = Field(16, ge=1, description="reached by gradient accumulation")
     max_seq_length: int | None = Field(None, ge=32, description="default: model.max_seq_length")
     dpo_beta: float = Field(0.1, gt=0, description="used by kind: dpo")
+    select: int | None = Field(None, ge=1, description="keep only the N most informative rows of the mix "
+                                                       "(SIFT-style: the current model's loss minus redundancy)")
 
 
 # The seeds' staged curriculum: personality -> reasoning -> ethics -> DPO -> polish. A stage in a

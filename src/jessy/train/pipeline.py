@@ -173,6 +173,11 @@ def run_stage(cfg: JessyConfig, persona: Persona, stage: StageConfig, model: Any
     system = persona.system_prompt(cfg.persona.training_prompt)
     max_len = stage.max_seq_length or cfg.model.max_seq_length
     rows, mix_report = stage_rows(stage, prepared, cfg.run.seed)
+    if stage.select and stage.kind == "sft" and len(rows) > stage.select:
+        from jessy.data.select import select_informative
+
+        rows = select_informative(model, tokenizer, rows, stage.select, system, max_len)
+        mix_report["selected"] = len(rows)
     try:
         val_rows, _ = stage_rows(stage, prepared, cfg.run.seed, "val")
     except ValueError:
