@@ -69,9 +69,9 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     return np.stack([known[k] for k in keys])
 
 
-def profile(texts: Sequence[str]) -> np.ndarray:
+def profile(embeddings: np.ndarray) -> np.ndarray:
     """The persona's reference profile: the normalized mean embedding of its reference replies."""
-    mean = embed(texts).mean(axis=0)
+    mean = embeddings.mean(axis=0)
     return mean / np.linalg.norm(mean)
 
 

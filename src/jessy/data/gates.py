@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from jessy.config import GatesConfig
-from jessy.data.embed import embed, leave_one_out_cosines
+from jessy.data.embed import embed, leave_one_out_cosines, profile
 from jessy.eval.dimensions import DimensionExtractor, recall
 from jessy.eval.judge import judge
 from jessy.generation.backends import Backend
@@ -83,8 +83,7 @@ class Gates:
         ref_texts = [final_reply(r) for r in reference_rows]
         ref_emb = embed(ref_texts)
         self.ref_ids, self.ref_emb = [r["id"] for r in reference_rows], ref_emb
-        mean = ref_emb.mean(axis=0)
-        self.profile = mean / np.linalg.norm(mean)
+        self.profile = profile(ref_emb)
         labels = [r["metadata"].get("dimensions_active") or [] for r in reference_rows]
         self.extractor = DimensionExtractor(persona, ref_texts, reference_embeddings=ref_emb,
                                             reference_labels=labels if any(labels) else None)

@@ -134,14 +134,13 @@ def _ranks_agree(model: Any) -> bool | None:
 def persona_reference(train_rows: list[dict[str, Any]]) -> tuple[np.ndarray, float]:
     """(profile, gold level): the mean embedding of the training replies of the persona's
     categories, and the median leave-one-out cosine of those replies to it."""
-    from jessy.data.embed import embed, leave_one_out_cosines
+    from jessy.data.embed import embed, leave_one_out_cosines, profile
 
     texts = [r["messages"][-1]["content"] for r in train_rows if r["metadata"].get("category")]
     if len(texts) < 2:
         texts = [r["messages"][-1]["content"] for r in train_rows]
     e = embed(texts)
-    mean = e.mean(axis=0)
-    return mean / np.linalg.norm(mean), float(np.median(leave_one_out_cosines(texts, e)))
+    return profile(e), float(np.median(leave_one_out_cosines(texts, e)))
 
 
 def _merge(model: Any, adapter_dir: Path) -> Any:
