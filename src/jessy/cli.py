@@ -28,7 +28,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(persona_app, name="persona")
 app.add_typer(data_app, name="data")
 
-out = Console()
+out = Console(soft_wrap=True)  # messages stay one line when piped (grep-able, test-stable)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline YAML file")]
