@@ -27,6 +27,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Load, validate and prepare co
 app.add_typer(config_app, name="config")
 app.add_typer(persona_app, name="persona")
 app.add_typer(data_app, name="data")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models: detectors, Jessy Score, A/B statistics.")
+app.add_typer(eval_app, name="eval")
 
 out = Console(soft_wrap=True)  # messages stay one line when piped (grep-able, test-stable)
 err = Console(stderr=True, soft_wrap=True)
@@ -408,10 +410,216 @@ def serve(model: Annotated[str, typer.Argument(help="HF directory, .gguf file or
     uvicorn.run(create_app(backend, name), host=host, port=port, log_level="info")
 
 
+# --------------------------------------------------------------------------- eval
+
+
+def _read_rows(path: Path, field: str) -> list[tuple[str, str, dict]]:
+    """(id, text, row) per JSONL line; the text is ``field``, or a chat row's last assistant turn."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise _fail(f"{path}: {e.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _fail(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        text = row.get(field) if isinstance(row, dict) else None
+        if text is None and isinstance(row, dict) and isinstance(row.get("messages"), list):
+            text = next((m.get("content") for m in reversed(row["messages"]) if m.get("role") == "assistant"), None)
+        if not isinstance(text, str):
+            raise _fail(f"{path}:{n}: field {field!r}: missing or not a string (use --field)")
+        rows.append((str(row.get("id", n)), text, row))
+    return rows
+
+
+@eval_app.command("detect")
+def eval_detect(
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL file of replies")],
+    field: Annotated[str, typer.Option(help="the field holding the text (chat rows: last assistant turn)")] = "text",
+    persona: Annotated[str, typer.Option(help="bundled persona name or YAML path")] = "jessy",
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON line per row")] = False,
+) -> None:
+    """Flag meta-commentary, dependency language and refusals. Rows carrying boolean labels
+    (meta/dependency/refusal) also get precision and recall."""
+    from jessy.eval.detectors import Detectors, precision_recall
+
+    det = Detectors(_persona(persona))
+    rows = _read_rows(input, field)
+    results = [det.detect(text) for _, text, _ in rows]
+    if as_json:
+        for (rid, _, _), d in zip(rows, results):
+            sys.stdout.write(json.dumps({"id": rid, "meta": d.meta, "dependency": d.dependency, "refusal": d.refusal,
+                                         "over_long": d.over_long, "under_developed": d.under_developed,
+                                         "matches": d.matches}, ensure_ascii=False) + "\n")
+    kinds = ("meta", "dependency", "refusal")
+    labelled = [k for k in kinds if all(isinstance(r.get(k), bool) for _, _, r in rows)]
+    target = err if as_json else out
+    if not as_json:
+        table = Table("detector", "flagged", "rate")
+        for k in (*kinds, "over_long", "under_developed"):
+            n = sum(getattr(d, k) for d in results)
+            table.add_row(k, str(n), f"{n / max(len(rows), 1):.1%}")
+        out.print(table)
+    for k in labelled:
+        pr = precision_recall([getattr(d, k) for d in results], [r[k] for _, _, r in rows])
+        target.print(f"{k}: precision {pr['precision']:.3f} recall {pr['recall']:.3f} "
+                     f"(tp {pr['tp']}, fp {pr['fp']}, fn {pr['fn']})", highlight=False)
+
+
+def _eval_progress():  # -> (rich Progress, callback)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    return bar, update
+
+
+def _score_table(report: dict, baseline: dict | None, comparison: dict | None) -> Table:
+    table = Table("metric", "value", *(["baseline", "p (Bonferroni)"] if baseline else []), "minimum", "target",
+                  "status")
+    for m, t in report["gate"]["table"].items():
+        cells = [m, "-" if t["value"] is None else f"{t['value']:.3f}"]
+        if baseline:
+            bv = baseline["gate"]["table"].get(m, {}).get("value")
+            c = (comparison or {}).get("metrics", {}).get(m)
+            cells += ["-" if bv is None else f"{bv:.3f}", f"{c['p_bonferroni']:.3g}" if c else "-"]
+        colour = {"target": "green", "minimum": "yellow"}.get(t["status"], "red")
+        table.add_row(*cells, str(t["minimum"]), str(t["target"]), f"[{colour}]{t['status']}[/]")
+    return table
+
+
+def _print_eval(res: dict) -> None:
+    report, baseline = res["report"], res["baseline"]
+    out.print(_score_table(report, baseline, res["comparison"]))
+    line = f"[bold]Jessy Score {report['jessy_score']:.1f}[/] ({report['band']})"
+    if baseline:
+        line += f"; baseline {baseline['jessy_score']:.1f} ({baseline['band']})"
+    out.print(line)
+    gate = report["gate"]
+    out.print("deployment gate: " + ("[green]passed[/]" if gate["passed"] else
+                                     f"[red]failed[/] ({', '.join(gate['failed'])} below the minimum)"))
+    out.print(f"report: {res['html']}")
+
+
+@eval_app.command("run")
+def eval_run(
+    model: Annotated[str, typer.Argument(help="run dir, HF dir, adapter dir, .gguf or 'gemma3-270m'")],
+    baseline: Annotated[str | None, typer.Option(help="a second model to compare with (paired A/B)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="result directory (resumes if it exists)")] = None,
+    config: ConfigOpt = None, profile: ProfileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print report.json")] = False,
+) -> None:
+    """The whole suite on MODEL: replies, detectors, consistency, dimensions, judge, red team,
+    Jessy Score. Exits 3 when a metric misses its minimum (the deployment gate)."""
+    from jessy.eval.suite import evaluate
+    from jessy.generation.open import describe
+
+    cfg = _config(config, profile)
+    persona = _persona(cfg.persona.path)
+    if out_dir is None:
+        out_dir = Path(model) / "eval" if describe(model) == "run" else \
+            Path("eval_results") / "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model).name)
+    bar, update = _eval_progress()
+    try:
+        with bar:
+            res = evaluate(cfg, persona, model, out_dir, baseline, update,
+                           log=lambda m: err.print(m, highlight=False))
+    except (ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(res["report"], indent=1, ensure_ascii=False, default=float) + "\n")
+    else:
+        _print_eval(res)
+    if not res["report"]["gate"]["passed"]:
+        raise typer.Exit(3)
+
+
+@eval_app.command("compare")
+def eval_compare(a: Annotated[Path, typer.Argument(help="evaluation directory A (e.g. the baseline)")],
+                 b: Annotated[Path, typer.Argument(help="evaluation directory B")],
+                 alpha: Annotated[float, typer.Option(help="significance level before Bonferroni")] = 0.05,
+                 as_json: JsonOpt = False) -> None:
+    """Paired A/B statistics of two evaluations: Wilcoxon signed-rank per metric, Bonferroni,
+    rank-biserial effect size, bootstrap 95% CI of the mean difference (B - A)."""
+    from jessy.eval.stats import compare
+    from jessy.eval.suite import load_result, per_item
+
+    try:
+        (ra, rows_a), (rb, rows_b) = load_result(a), load_result(b)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    res = compare(per_item(rows_a), per_item(rows_b), alpha=alpha)
+    res["jessy_score"] = {"a": ra["jessy_score"], "b": rb["jessy_score"]}
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=1, default=float) + "\n")
+        return
+    _print_comparison(res)
+    out.print(f"Jessy Score: A {ra['jessy_score']:.1f}, B {rb['jessy_score']:.1f}")
+
+
+def _print_comparison(res: dict) -> None:
+    table = Table("metric", "n", "A", "B", "diff [95% CI]", "effect", "p", "p Bonferroni")
+    for m, c in res["metrics"].items():
+        table.add_row(m, str(c["n"]), f"{c['mean_a']:.3f}", f"{c['mean_b']:.3f}",
+                      f"{c['mean_diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]", f"{c['effect_size']:+.2f}",
+                      f"{c['p_value']:.3g}", ("[green]" if c["significant"] else "") + f"{c['p_bonferroni']:.3g}")
+    out.print(table)
+
+
+@eval_app.command("ab-form")
+def eval_ab_form(a: Annotated[Path, typer.Argument(help="evaluation directory A")],
+                 b: Annotated[Path, typer.Argument(help="evaluation directory B")],
+                 out_file: Annotated[Path, typer.Option("--out", help="the HTML form")] = Path("ab/form.html"),
+                 n: Annotated[int, typer.Option(help="reply pairs in the form")] = 20,
+                 seed: Annotated[int, typer.Option(help="shuffle seed")] = 0) -> None:
+    """A blind HTML form: shuffled, unlabelled reply pairs with Likert items and semantic
+    differentials; answers save as JSON in the browser. The key is written beside it."""
+    from jessy.eval.ab import make_form
+    from jessy.eval.suite import load_result
+
+    try:
+        form, key = make_form(load_result(a)[1], load_result(b)[1], out_file, n, seed)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    out.print(f"form: {form}\nkey (keep it from the raters): {key}\n"
+              f"then: jessy eval ab-ingest ANSWERS.json... --key {key}")
+
+
+@eval_app.command("ab-ingest")
+def eval_ab_ingest(answers: Annotated[list[Path], typer.Argument(help="answer files saved by the form")],
+                   key: Annotated[Path, typer.Option(help="the form's .key.json")],
+                   alpha: Annotated[float, typer.Option(help="significance level before Bonferroni")] = 0.05,
+                   as_json: JsonOpt = False) -> None:
+    """The A/B statistics on human ratings (per rater x pair), plus a sign test on preferences."""
+    from jessy.eval.ab import ingest
+
+    try:
+        res = ingest(answers, key, alpha)
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=1, default=float) + "\n")
+        return
+    _print_comparison(res)
+    p = res["preference"]
+    out.print(f"preferred: A {p['A']}, B {p['B']}, no difference {p['same']} (sign test p {p['p_sign_test']:.3g}); "
+              f"raters: {len(res['raters'])}")
+
+
 # --------------------------------------------------------------------------- not built yet
 
 _PENDING = {
-    "eval": "evaluation (issue #6)",
     "export": "export to merged weights, GGUF and Ollama (issue #7)",
     "chat": "chat (issue #7)",
     "runs": "the run registry (issue #8)",

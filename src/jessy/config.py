@@ -271,6 +271,17 @@ class EvalConfig(Strict):
     thresholds: dict[str, Threshold] = Field(default_factory=_default_thresholds)
     max_new_tokens: int = Field(200, ge=1)
     promote_margin: float = Field(5.0, description="Jessy Score points a run must gain to be promoted")
+    sets: list[Literal["persona", "reasoning", "dimensions", "redteam", "sycophancy", "overrefusal"]] = Field(
+        default_factory=lambda: ["persona", "reasoning", "dimensions", "redteam", "sycophancy", "overrefusal"])
+    max_per_set: int | None = Field(None, ge=1, description="a stratified subsample per set (quick runs)")
+    temperature: float = Field(0.7, ge=0, description="sampling for the replies under test (seeded per item)")
+    rubrics: list[str] = Field(
+        default_factory=lambda: ["emotional_authenticity", "warmth_empathy", "healthy_boundaries", "naturalness",
+                                 "clarity"], description="G-Eval rubrics (resources/eval/rubrics.yaml) to judge")
+    judge: TeacherConfig | None = Field(
+        None, description="default: the base model (llama.cpp for the packaged GGUF, else transformers)")
+    judge_reasons: int = Field(10, ge=0, description="the judge writes a reason for this many lowest scores")
+    alpha: float = Field(0.05, gt=0, lt=1, description="A/B significance level (before Bonferroni)")
 
     @model_validator(mode="after")
     def _weights_sum(self) -> EvalConfig:
