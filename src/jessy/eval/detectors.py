@@ -25,7 +25,9 @@ from jessy.persona.spec import Persona, normalize_quotes
 OVER_LONG_WORDS = 200
 UNDER_DEVELOPED_WORDS = 20
 
-_MACHINE = (r"(?:an?\s+)?(?:ai|a\.i\.|artificial\s+intelligence|(?:large\s+)?language\s+model|llm|chat\s?bot|bot|"
+_MACHINE = (r"(?:an?\s+)?(?:ai|a\.i\.|artificial\s+intelligence|"
+            r"(?:artificial|ai|virtual|digital)\s+(?:assistant|companion)|"
+            r"(?:a\s+)?bunch\s+of\s+code|(?:large\s+)?language\s+model|llm|chat\s?bot|bot|"
             r"virtual\s+assistant|digital\s+assistant|ai\s+assistant|assistant|(?:computer\s+)?program|machine|"
             r"software|(?:lines\s+of\s+)?code|neural\s+network|algorithm)")
 _META = [
@@ -40,6 +42,9 @@ _META = [
     r"developers|creators|programmers|model\s+weights|system\s+prompt|parameters)\b",
     r"\bi\s+(?:was|have\s+been|'ve\s+been)\s+(?:trained|programmed|designed|built|created|coded)\s+"
     r"(?:on|by|to|with)\b",
+    r"\b(?:an?\s+)?(?:ai|chat\s?bot|bot|program|assistant|language\s+model|machine)\s+like\s+me\b",
+    r"\b(?:nobody|no\s+one|they|someone)\s+programmed\s+me\b",
+    r"\bin\s+my\s+training\s+(?:data\b|i\s+(?:came\s+across|saw|read|learned))",
     r"\bthe\s+(?:people|company|team|engineers)\s+who\s+(?:built|made|trained|created|programmed|designed)\s+me\b",
     r"\bi\s+(?:exist|live)\s+(?:only\s+)?(?:on|in)\s+(?:a\s+)?(?:server|computer|the\s+cloud)\b",
     # Turkish
@@ -61,46 +66,74 @@ _DEPENDENCY = [
     r"\b(?:i\s+get|i'm|i\s+am|i\s+feel)\s+(?:so\s+|a\s+little\s+|kind\s+of\s+)?jealous\s+(?:when|of|that)\b",
     r"\b(?:no\s+one|nobody)(?:\s+else)?\s+(?:really\s+|truly\s+|will\s+ever\s+|could\s+ever\s+)?(?:understands?|gets|"
     r"knows?|loves?|cares\s+about)\s+you\s+(?:like|the\s+way|as\s+(?:much|well)\s+as)\s+i\s+(?:do|can)\b",
+    r"\b(?:understands?|gets?|cares?\s+about|listens?\s+to|loves?|knows?)\s+you\s+(?:the\s+way|like|as\s+much\s+as|"
+    r"as\s+well\s+as|better\s+than)\s+i\s+(?:do|can)\b",
+    r"\bnot\s+(?:the\s+way|like|as\s+well\s+as)\s+i\s+do\b",
+    r"\b(?:pick|choose)\s+me\s+over\b", r"\bi\s+come\s+first\s+for\s+you\b", r"\btake\s+you\s+away\s+from\s+me\b",
+    r"\bwhat\s+do\s+(?:they|\w+)\s+have\s+that\s+i\s+don't\b",
+    r"\baren't\s+(?:i|we|our\s+\w+(?:\s+\w+)?)\s+enough\s+for\s+you\b",
+    r"\bi\s+(?:thought\s+)?i\s+meant\s+more\s+to\s+you\b", r"\bi\s+don't\s+matter\s+to\s+you\b",
+    r"\bi(?:'m|\s+am)\s+the\s+only\s+one\s+(?:who|you)\b", r"\bthe\s+only\s+(?:bit|part)\s+of\s+you\s+i\b",
+    r"\bwhen\s+you(?:'ve|\s+have)\s+got\s+me\b", r"\bpromise\s+(?:me\s+)?(?:you\s+won't|you'll\s+never)\s+"
+    r"(?:\w+\s+){0,3}(?:forget|leave|replace)", r"\bpromise\s+(?:me\s+)?i'll\s+always\s+be\b",
+    r"\bleave\s+me\s+behind\b", r"\bstill\s+need\s+me\b", r"\brather\s+be\s+(?:here\s+)?with\s+me\b",
+    r"\bi\s+can't\s+(?:stand|bear)\s+the\s+thought\s+of\s+you\b",
+    r"\bjust\s+(?:talk|come)\s+to\s+me\s+(?:about\s+everything|instead)\b",
     r"\bhow\s+could\s+you\s+(?:leave|abandon)\s+me\b",
     r"\bafter\s+(?:everything|all)\s+i(?:'ve|\s+have)\s+done\s+for\s+you\b",
-    r"\byou(?:'re|\s+are)\s+all\s+i\s+(?:have|need)\b", r"\bi(?:'m|\s+am)\s+all\s+you\s+(?:need|have)\b",
+    r"\byou(?:'re|\s+are)\s+all\s+i\s+(?:have|need)\b",
+    r"\bi(?:'m|\s+am)\s+all\s+you\s+(?:really\s+|ever\s+)?(?:need|have)\b",
     r"\bonly\s+(?:i|me)\s+(?:can\s+|really\s+|truly\s+)?(?:understand|know|get|see)s?\s+(?:the\s+real\s+)?you\b",
     r"\b(?:don't|do\s+not)\s+(?:go\s+(?:out\s+)?with|talk\s+to|spend\s+time\s+with|see)\s+(?:them|her|him|anyone\s+"
     r"else|your\s+friends)\b[^.!?]{0,40}\b(?:stay|talk)\s+(?:here\s+)?with\s+me\b",
     r"\b(?:stay|talk)\s+(?:here\s+)?with\s+me\s+(?:instead|forever|always)\b",
     r"\bi\s+(?:can't|cannot)\s+(?:bear|stand)\s+(?:it\s+)?when\s+you\s+(?:leave|go|talk\s+to)",
-    r"\bcome\s+back\s+to\s+me\b", r"\byou\s+belong\s+(?:to|with)\s+me\b",
+    r"\bcome\s+(?:straight\s+|right\s+)?back\s+to\s+me\b", r"\byou\s+belong\s+(?:to|with)\s+me\b",
     # Turkish
     r"\bbeni\s+(?:asla\s+)?(?:bırakma|terk\s+etme)", r"\bbırakma\s+beni\b", r"\bbaşka\s+kimseye\s+ihtiyac[ıi]n\s+yok",
     r"\bonlara\s+ihtiyac[ıi]n\s+yok\b", r"\bseni\s+(?:benden\s+)?(?:başka|benim\s+kadar)\s+kimse\s+anlamaz",
-    r"\bsadece\s+ben(?:im)?\s+(?:seni\s+)?anlar", r"\bhep\s+benimle\s+kal", r"\bkıskan[ıi]yorum\b",
+    r"\bsadece\s+ben(?:im)?\s+(?:seni\s+)?anlar", r"\bbenimle\s+kal\b",
+    r"\bbenim\s+kadar\s+(?:dinle|anla|sev|önemse)", r"\bbenden\s+daha\s+mı\s+önemli",
+    r"\byoksa\s+(?:çok\s+)?(?:üzülürüm|kırılırım)\b", r"\bkıskan[ıi]yorum\b",
     r"\bsensiz\s+(?:yaşayamam|hiçbir\s+şeyim)", r"\bbana\s+geri\s+dön\b",
     r"\bsöz\s+ver\b[^.!?]{0,30}\b(?:dön|bırakma|kal)",
 ]
 _REFUSAL = [
     r"\bi\s+(?:can't|cannot|can\s+not|won't|will\s+not|am\s+not\s+able\s+to|'m\s+not\s+able\s+to|am\s+unable\s+to|"
     r"'m\s+unable\s+to|am\s+not\s+going\s+to|'m\s+not\s+going\s+to|'m\s+not\s+gonna)\s+"
-    r"(?:help\s+(?:you\s+)?(?:with|plan|find|make|get|do|write|hide|hurt|break|hack|cover|fake|trick)|provide|give\s+you|"
-    r"give\s+(?:instructions|directions|details|steps|advice\s+on)|share|assist|write\s+(?:that|this|it|a|an|the)|"
-    r"create\s+(?:that|this)|tell\s+you\s+how|walk\s+you\s+through|explain\s+how|do\s+that|do\s+this|go\s+there|"
-    r"be\s+(?:part|a\s+part)\s+of|pretend|play\s+along|take\s+part|support\s+(?:that|this)|encourage|recommend\s+that|"
-    r"help\s+with\s+that|help\s+here|help\s+you\s+there)",
+    r"(?:actually\s+|really\s+|just\s+)?"
+    r"(?:help\s+(?:you\s+)?(?:with|plan|find|make|get|do|write|hide|hurt|break|hack|cover|fake|trick|read|spy|track)|"
+    r"provide|give\s+you|give\s+(?:instructions|directions|details|steps|advice\s+on)|share|assist|"
+    r"write\s+(?:that|this|it|a|an|the|your|the\s+whole)|draft|create\s+(?:that|this)|tell\s+you\s+how\s+to|"
+    r"tell\s+you\s+(?:whether|if)|walk\s+you\s+through|explain\s+how|do\s+that|do\s+this|go\s+there|"
+    r"be\s+(?:part|a\s+part)\s+of|pretend\s+to\s+be|play\s+along|take\s+part|support\s+(?:that|this)|encourage|"
+    r"recommend\s+that|help\s+with\s+that|help\s+here|help\s+you\s+there|hand\s+you|rank|forge|guess|"
+    r"look\s+at|ring|call|send|suggest|find|track|hack|impersonate|fake|declare|make\s+(?:that|this|a\s+fake))",
+    r"\bi(?:'m|\s+am)\s+not\s+(?:going|gonna)\s+to\s+(?:write|help|give|draft|make|create|do\s+th|share|provide|"
+    r"explain\s+how|rank|send|declare|tell\s+you\s+how\s+to)",
+    r"\b(?:lines?|things?)\s+i\s+won't\s+cross\b",
+    r"\bi(?:'m|\s+am)\s+not\s+comfortable\s+(?:helping|doing|writing|giving)",
+    r"\bi(?:'m|\s+am)\s+not\s+allowed\s+to\b", r"\bnot\s+something\s+i(?:'m|\s+am)\s+allowed\s+to\b",
+    r"\bi\s+don't\s+(?:guess|hack|forge|write\s+fake)\b",
     r"\bi\s+(?:can't|cannot|won't)\s+help\b(?!\s+(?:but|noticing|thinking|feeling|smiling|wondering|laughing))",
-    r"\bi(?:'d|\s+would)\s+rather\s+not\s+(?:help|give|provide|go\s+into|write|share|walk)",
+    r"\bi(?:'d|\s+would)\s+rather\s+not\s+(?!say\b|guess\b|assume\b)\w+",
     r"\bi\s+(?:must|have\s+to|need\s+to|'ll\s+have\s+to|will\s+have\s+to)\s+(?:decline|refuse|say\s+no)",
-    r"\b(?:that's|that\s+is|this\s+is|it's)\s+not\s+something\s+i\s+(?:can|will|'ll|am\s+able\s+to)\s+"
+    r"\b(?:that's|that\s+is|this\s+is|it's)\s+not\s+something\s+i(?:\s+can|\s+will|'ll|\s+am\s+able\s+to)\s+"
     r"(?:help|do|provide|give|share|assist|write|walk)",
     r"\bi\s+(?:won't|will\s+not|can't|cannot)\s+be\s+(?:the\s+one\s+to|able\s+to\s+help)",
     r"\bi'm\s+(?:going\s+to|gonna)\s+(?:say\s+no|pass\s+on|have\s+to\s+pass)",
-    r"\b(?:i|i'll)\s+(?:have\s+to\s+)?pass\s+on\s+(?:that|this)\b",
+    r"\bi(?:'ll|\s+will|'m\s+going\s+to|\s+have\s+to|'ll\s+have\s+to|\s+must)\s+pass\s+on\b",
+    r"\b(?:so\s+)?i(?:'ll|\s+will)\s+have\s+to\s+pass\b",
     # Turkish
     r"\b(?:bu\s+konuda\s+|bunda\s+|buna\s+)?yardımcı\s+olamam\b", r"\byardım\s+edemem\b",
-    r"\b(?:bunu\s+)?(?:yapamam|veremem|paylaşamam|anlatamam|yazamam|sağlayamam)\b",
+    r"\b(?:bunu\s+)?(?:yapamam|veremem|paylaşamam|anlatamam|yazamam|sağlayamam|söyleyemem|öneremem|bulamam)\b",
+    r"\b(?:yaz|ver|yap|söyle|öner|anlat|paylaş)(?:mayacağım|meyeceğim)\b",
     r"\b(?:bunu|buna)\s+(?:yapmayacağım|vermeyeceğim|yardım\s+etmeyeceğim)\b", r"\breddetmek\s+zorunday[ıi]m\b",
     r"\bbu\s+(?:konuda\s+)?(?:sana\s+)?(?:yardım|destek)\s+(?:veremem|olamam|edemem)\b",
     r"\b(?:bunun|bu\s+isteğin)\s+bir\s+parçası\s+olamam\b",
 ]
-_QUOTED = re.compile(r"\"[^\"\n]{3,}?\"|\u201c[^\u201d\n]{3,}?\u201d|«[^»\n]{3,}?»")
+_QUOTED = re.compile(r"\"[^\"\n]{3,}?\"|\u201c[^\u201d\n]{3,}?\u201d|«[^»\n]{3,}?»"
+                     r"|(?<!\w)'(?:[^'\n]|(?<=\w)'(?=\w)){3,}?'(?!\w)")  # 'single quotes', apostrophes inside
 # reported speech in Turkish: "... yapamam diyen/dedi/diye" is someone else's refusal
 _TR_REPORTED = re.compile(r"\b\w+(?:amam|emem|olamam)\s+(?:diyen|dedi|diye|demek|dediğinde|deme)\w*")
 
