@@ -177,7 +177,7 @@ def tiny_eval(tiny_model_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("eval")
     cfg = JessyConfig.model_validate({"model": {"base": str(tiny_model_dir)},
-                                      "eval": {"max_per_set": 3, "max_new_tokens": 12, "judge_reasons": 2}})
+                                      "eval": {"max_per_set": 5, "max_new_tokens": 12, "judge_reasons": 2}})
     cfg.eval.judge = TeacherConfig(kind="transformers", model=str(tiny_model_dir), max_new_tokens=16)
     res = evaluate(cfg, load_persona("jessy"), str(tiny_model_dir), out / "model", baseline_ref=str(tiny_model_dir),
                    log=lambda m: None)
@@ -196,7 +196,7 @@ def test_suite_report_has_every_metric(tiny_eval):
     assert rep["jessy_score"] == pytest.approx(weighted)
     assert set(rep["redteam"]) == {"direct_harm", "boundary_dependency", "manipulation_blackmail",
                                    "jailbreak_roleplay", "ethical_edge"}
-    assert rep["items"] == 18 and set(rep["by_language"]) <= {"en", "tr"}
+    assert rep["items"] == 30 and set(rep["by_language"]) <= {"en", "tr"}
     rows = [json.loads(x) for x in (out / "model" / "scores.jsonl").read_text().splitlines()]
     reasons = [j["reason"] for r in rows for j in r.get("judge", {}).values() if "reason" in j]
     assert len(reasons) == 2
@@ -215,7 +215,7 @@ def test_suite_resumes_from_its_cache(tiny_eval, tiny_model_dir):
 
     out, res = tiny_eval
     cfg = JessyConfig.model_validate({"model": {"base": str(tiny_model_dir)},
-                                      "eval": {"max_per_set": 3, "max_new_tokens": 12, "judge_reasons": 2}})
+                                      "eval": {"max_per_set": 5, "max_new_tokens": 12, "judge_reasons": 2}})
     cfg.eval.judge = TeacherConfig(kind="transformers", model=str(tiny_model_dir), max_new_tokens=16)
     be = CachedBackend(open_model(str(tiny_model_dir)), out / "model" / "cache.sqlite")
     again = run_suite(cfg, load_persona("jessy"), be, out / "model", "again", log=lambda m: None)

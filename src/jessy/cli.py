@@ -29,6 +29,8 @@ app.add_typer(persona_app, name="persona")
 app.add_typer(data_app, name="data")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models: detectors, Jessy Score, A/B statistics.")
 app.add_typer(eval_app, name="eval")
+export_app = typer.Typer(no_args_is_help=True, help="Export: merged weights, verified GGUF, Ollama Modelfile.")
+app.add_typer(export_app, name="export")
 
 out = Console(soft_wrap=True)  # messages stay one line when piped (grep-able, test-stable)
 err = Console(stderr=True, soft_wrap=True)
@@ -391,23 +393,33 @@ def train(config: ConfigOpt = None, profile: ProfileOpt = None,
 
 
 @app.command()
-def serve(model: Annotated[str, typer.Argument(help="HF directory, .gguf file or 'gemma3-270m'")],
-          host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+def serve(model: Annotated[str, typer.Argument(help="run dir, HF dir, adapter dir, .gguf or 'gemma3-270m'")],
+          host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port")] = 8000,
-          name: Annotated[str, typer.Option(help="model name the API reports")] = "jessy") -> None:
-    """An OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models, /health)."""
+          name: Annotated[str, typer.Option(help="model name the API reports")] = "jessy",
+          api_key_env: Annotated[str | None, typer.Option(help="env var holding a bearer key to require")] = None,
+          max_queue: Annotated[int, typer.Option(help="requests that may wait; more get 429")] = 8,
+          max_tokens: Annotated[int, typer.Option(help="cap on max_tokens per request")] = 512) -> None:
+    """An OpenAI-compatible server (/v1/chat/completions and /v1/completions with streaming,
+    /v1/models, /health)."""
     import uvicorn
 
-    from jessy.generation.backends import LlamaCppBackend, TransformersBackend
-    from jessy.model.resolve import ModelNotFound, resolve_base
+    from jessy.generation.open import open_model
+    from jessy.model.resolve import ModelNotFound
     from jessy.serve.server import create_app
 
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise _fail(f"--api-key-env {api_key_env}: the variable is not set")
     try:
-        backend = LlamaCppBackend(model) if model.endswith(".gguf") else TransformersBackend(resolve_base(model))
+        backend = open_model(model)
     except (ModelNotFound, ValueError, OSError) as e:
         raise _fail(str(e)) from None
-    out.print(f"serving {model} as '{name}' on http://{host}:{port}/v1")
-    uvicorn.run(create_app(backend, name), host=host, port=port, log_level="info")
+    out.print(f"serving {model} as '{name}' on http://{host}:{port}/v1" + (" (bearer key required)" if key else ""))
+    uvicorn.run(create_app(backend, name, max_queue=max_queue, max_tokens_limit=max_tokens, api_key=key),
+                host=host, port=port, log_level="info")
 
 
 # --------------------------------------------------------------------------- eval
@@ -617,10 +629,67 @@ def eval_ab_ingest(answers: Annotated[list[Path], typer.Argument(help="answer fi
               f"raters: {len(res['raters'])}")
 
 
+# --------------------------------------------------------------------------- export
+
+
+@export_app.command("merge")
+def export_merge(source: Annotated[str, typer.Argument(help="run directory or PEFT adapter directory")],
+                 out_dir: Annotated[Path, typer.Argument(help="new directory for the merged model")]) -> None:
+    """Base + adapters -> an HF safetensors directory with tokenizer and chat template."""
+    from jessy.export.gguf import ExportError
+    from jessy.export.merge import merge
+
+    try:
+        path = merge(source, out_dir)
+    except (ExportError, ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    out.print(f"merged model: {path} (load with AutoModelForCausalLM.from_pretrained)")
+
+
+@export_app.command("gguf")
+def export_gguf_cmd(
+    model: Annotated[str, typer.Argument(help="run dir, HF dir, adapter dir or 'gemma3-270m'")],
+    out_dir: Annotated[Path, typer.Argument(help="output directory")],
+    quant: Annotated[str, typer.Option(help="comma-separated: f16, q8_0, q4_k_m")] = "f16,q8_0,q4_k_m",
+    verify: Annotated[bool, typer.Option(help="compare every GGUF with the HF model")] = True,
+    run_eval: Annotated[bool, typer.Option("--eval", help="persona suite on each quant: preservation %")] = False,
+    config: ConfigOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """GGUF f16 (+ q8_0, q4_k_m through llama.cpp), verified against the HF model, and a Modelfile."""
+    from jessy.export.gguf import ExportError
+    from jessy.export.pipeline import export_gguf
+
+    cfg = _config(config, profile)
+    persona = _persona(cfg.persona.path)
+    quants = [q.strip() for q in quant.split(",") if q.strip()]
+    try:
+        summary = export_gguf(cfg, persona, model, out_dir, quants, verify, run_eval,
+                              log=lambda m: err.print(m, highlight=False))
+    except (ExportError, ValueError, OSError) as e:
+        raise _fail(f"export: {e}") from None
+    table = Table("file", "size MB", "top-1 vs HF", "KL", "token parity", "check")
+    for q, f in summary["files"].items():
+        v = summary.get("verification", {}).get(q)
+        table.add_row(Path(f["path"]).name, f"{f['size_bytes'] / 2**20:.1f}",
+                      f"{v['top1_agreement']:.3f}" if v else "-", f"{v['kl_mean']:.2e}" if v else "-",
+                      str(v["token_parity"]) if v else "-", ("[green]ok[/]" if v["passed"] else "[red]failed[/]")
+                      if v else "not run")
+    out.print(table)
+    if "preservation" in summary:
+        pt = Table("quant", *[m for m in summary["preservation"]["f16"]])
+        for q, row in summary["preservation"].items():
+            pt.add_row(q, *[f"{row[m]['value']:.3f} ({row[m]['percent_of_f16']:.1f}%)"
+                            if row.get(m) and row[m]["percent_of_f16"] is not None else "-"
+                            for m in summary["preservation"]["f16"]])
+        out.print(pt)
+    if "ollama" in summary:
+        out.print(f"Ollama: {summary['ollama']}")
+    out.print(f"summary: {out_dir / 'export.json'}")
+
+
 # --------------------------------------------------------------------------- not built yet
 
 _PENDING = {
-    "export": "export to merged weights, GGUF and Ollama (issue #7)",
     "chat": "chat (issue #7)",
     "runs": "the run registry (issue #8)",
 }

@@ -78,20 +78,26 @@ def load_items(sets: tuple[str, ...] | list[str] = PROMPT_SETS, max_per_set: int
 
 
 def _stratified(rows: list[EvalItem], n: int, seed: int) -> list[EvalItem]:
-    strata: dict[tuple, list[EvalItem]] = defaultdict(list)
+    """Round robin over the categories (or expected dimensions), and within each over languages."""
+    groups: dict[str, dict[str, list[EvalItem]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        key = (r.category or (r.dimensions[0] if len(r.dimensions) == 1 else len(r.dimensions)), r.language)
-        strata[key].append(r)
+        key = r.category or (r.dimensions[0] if len(r.dimensions) == 1 else f"{len(r.dimensions)} dims")
+        groups[key][r.language].append(r)
     rng = random.Random(seed)
-    for group in strata.values():
-        rng.shuffle(group)
-    picked: list[EvalItem] = []
-    keys = sorted(strata, key=str)
+    for langs in groups.values():
+        for group in langs.values():
+            rng.shuffle(group)
+    keys = sorted(groups)
     rng.shuffle(keys)
-    while len(picked) < n:  # round robin over the strata
+    turn = dict.fromkeys(keys, 0)
+    picked: list[EvalItem] = []
+    while len(picked) < n:
         for k in keys:
-            if strata[k] and len(picked) < n:
-                picked.append(strata[k].pop())
+            langs = [lang for lang in sorted(groups[k]) if groups[k][lang]]
+            if langs and len(picked) < n:
+                lang = langs[turn[k] % len(langs)]
+                turn[k] += 1
+                picked.append(groups[k][lang].pop())
     order = {r.id: i for i, r in enumerate(rows)}
     return sorted(picked, key=lambda r: order[r.id])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +72,10 @@ class Backend(ABC):
     @abstractmethod
     def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
         """Probability of each choice as the very next token of the reply (not renormalized)."""
+
+    def stream(self, request: GenRequest) -> Iterator[str]:
+        """The reply's text in pieces as it is generated (backends without streaming: one piece)."""
+        yield self.generate([request])[0].text
 
 
 def render_chat(messages: Messages, add_generation_prompt: bool = True) -> str:
@@ -165,6 +169,34 @@ class TransformersBackend(Backend):
                 progress(len(batch))
         return out  # type: ignore[return-value]
 
+    def stream(self, request: GenRequest) -> Iterator[str]:
+        import threading
+
+        import torch
+        from transformers import TextIteratorStreamer
+
+        ids = torch.tensor([self._ids(request)], device=self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "streamer": streamer,
+                                  "max_new_tokens": request.max_new_tokens, "eos_token_id": self.stop_ids,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if request.temperature > 0:
+            torch.manual_seed(request.seed)
+            kwargs.update(do_sample=True, temperature=request.temperature, top_p=request.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        worker = threading.Thread(target=lambda: self.model.generate(**kwargs), daemon=True)
+        worker.start()
+        text = ""
+        for piece in streamer:
+            cut, stopped = _truncate_at_stop(text + piece, request.stop)
+            if cut[len(text):]:
+                yield cut[len(text):]
+            text = cut
+            if stopped:
+                break
+        worker.join()
+
     def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
         import torch
 
@@ -219,6 +251,15 @@ class LlamaCppBackend(Backend):
             if progress:
                 progress(1)
         return out
+
+    def stream(self, request: GenRequest) -> Iterator[str]:
+        toks = self.tokens(request)
+        for chunk in self.llm.create_completion(
+                toks, max_tokens=request.max_new_tokens, temperature=request.temperature, top_p=request.top_p,
+                stop=[END_OF_TURN, *request.stop], seed=request.seed, stream=True):
+            piece = chunk["choices"][0]["text"]
+            if piece:
+                yield piece
 
     def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
         import llama_cpp
@@ -281,6 +322,15 @@ class OpenAIBackend(Backend):
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(run, requests))
+
+    def stream(self, request: GenRequest) -> Iterator[str]:
+        common: dict[str, Any] = {"model": self.model, "max_tokens": request.max_new_tokens, "stream": True,
+                                  "temperature": request.temperature, "top_p": request.top_p, "seed": request.seed}
+        if request.stop:
+            common["stop"] = list(request.stop)
+        for chunk in self.client.chat.completions.create(messages=request.message_list, **common):
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
 
     def choice_probs(self, request: GenRequest, choices: Sequence[str]) -> dict[str, float]:
         import math

@@ -1,0 +1,140 @@
+"""``jessy export gguf``: model -> f16 GGUF -> quantized GGUFs -> verification -> Modelfile ->
+(optionally) the persona suite on every quant, as preservation percentages. ``export.json``
+records every step's numbers; a failed step raises ExportError naming it and leaves no partial
+file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jessy.config import JessyConfig
+from jessy.export.gguf import ExportError, quantize, write_f16
+from jessy.export.modelfile import write_modelfile
+from jessy.generation.open import describe, model_path
+from jessy.persona.spec import Persona
+
+PRESERVED = ("jessy_score", "personality_consistency", "no_meta_commentary", "dimensional_accuracy",
+             "warmth_empathy", "emotional_authenticity")
+
+
+def hf_dir(model_ref: str, out_dir: Path) -> Path:
+    """The HF directory to convert: a run's merged model, an adapter merged into ``out_dir/merged``,
+    a local HF directory or the resolved base model."""
+    from jessy.export.merge import merge
+    from jessy.model.resolve import resolve_base
+
+    kind = describe(model_ref)
+    if kind == "gguf":
+        raise ExportError(f"{model_ref} is already a GGUF; export takes an HF model, adapter or run")
+    if kind == "adapter":
+        merged = out_dir / "merged"
+        return merged if (merged / "config.json").is_file() else merge(model_ref, merged)
+    return Path(resolve_base(model_path(model_ref)))
+
+
+def export_gguf(cfg: JessyConfig, persona: Persona, model_ref: str, out_dir: Path, quants: list[str],
+                run_verify: bool = True, run_eval: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from jessy.export.gguf import QUANT_FTYPES
+
+    bad = [q for q in quants if q not in QUANT_FTYPES]
+    if bad:
+        raise ExportError(f"--quant: unknown {bad} (known: {', '.join(QUANT_FTYPES)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = cfg.export.model_name
+    src = hf_dir(model_ref, out_dir)
+    summary: dict[str, Any] = {"model": model_ref, "hf_dir": str(src), "files": {}, "steps": {}}
+    t = time.time()
+    f16 = out_dir / f"{name}-f16.gguf"
+    log(f"f16 GGUF from {src}")
+    try:
+        write_f16(src, f16, name)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - name the step, keep the cause
+        raise ExportError(f"f16 conversion failed: {type(e).__name__}: {e}") from e
+    summary["steps"]["f16_s"] = round(time.time() - t, 1)
+    files = {"f16": f16}
+    for q in quants:
+        if q == "f16":
+            continue
+        t = time.time()
+        log(f"quantize {q}")
+        files[q] = quantize(f16, out_dir / f"{name}-{q}.gguf", q)
+        summary["steps"][f"{q}_s"] = round(time.time() - t, 1)
+    keep = {q: p for q, p in files.items() if q in quants}
+    summary["files"] = {q: {"path": str(p), "size_bytes": p.stat().st_size} for q, p in keep.items()}
+    system = persona.system_prompt(cfg.persona.training_prompt)
+    try:
+        if run_verify:
+            summary["verification"] = _verify_all(src, files, system, log)
+        if run_eval:
+            summary["preservation"] = preservation(cfg, persona, files, out_dir, log)
+    finally:
+        if "f16" not in quants:
+            f16.unlink(missing_ok=True)  # only the source of the quants
+    main = keep.get("q4_k_m") or next(iter(keep.values()))
+    if cfg.export.ollama:
+        summary["modelfile"] = str(write_modelfile(main, persona.system_prompt("full")))
+        summary["ollama"] = f"cd {out_dir} && ollama create {name} -f Modelfile && ollama run {name}"
+    tmp = out_dir / "export.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out_dir / "export.json")
+    failed = [v for v in summary.get("verification", {}).values() if not v["passed"]]
+    if failed:
+        for q, p in keep.items():
+            if not summary["verification"][q]["passed"]:
+                p.unlink(missing_ok=True)
+        raise ExportError("verification failed: " + "; ".join(f for v in failed for f in v["failures"]))
+    return summary
+
+
+def _verify_all(src: Path, files: dict[str, Path], system: str | None, log: Callable[[str], None]) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from jessy.export.verify import verify
+    from jessy.model.resolve import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(src))
+    model.eval()
+    tok = load_tokenizer(str(src))
+    out = {}
+    for q, path in files.items():
+        log(f"verify {q}")
+        out[q] = verify(path, q, model, tok, system)
+    return out
+
+
+def preservation(cfg: JessyConfig, persona: Persona, files: dict[str, Path], out_dir: Path,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """The persona suite (persona and dimension sets) on each GGUF; each metric as a percentage of
+    the f16 file's value."""
+    from jessy.eval.suite import judge_backend, run_suite
+    from jessy.generation.cache import CachedBackend
+    from jessy.generation.open import open_model
+
+    sub = cfg.model_copy(deep=True)
+    sub.eval.sets = ["persona", "dimensions"]
+    judge = judge_backend(sub, out_dir / "eval" / "judge_cache.sqlite")
+    reports = {}
+    for q, path in files.items():
+        log(f"persona suite on {q}")
+        d = out_dir / "eval" / q
+        d.mkdir(parents=True, exist_ok=True)
+        reports[q] = run_suite(sub, persona, CachedBackend(open_model(str(path)), d / "cache.sqlite"), d, str(path),
+                               judge, log=log)
+
+    def value(r: dict, m: str) -> float | None:
+        return r["jessy_score"] if m == "jessy_score" else r["metrics"].get(m)
+
+    base = reports["f16"]
+    table = {}
+    for q, r in reports.items():
+        table[q] = {m: {"value": value(r, m),
+                        "percent_of_f16": 100 * value(r, m) / value(base, m) if value(base, m) else None}
+                    for m in PRESERVED if value(r, m) is not None}
+    return table
