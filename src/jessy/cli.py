@@ -687,10 +687,85 @@ def export_gguf_cmd(
     out.print(f"summary: {out_dir / 'export.json'}")
 
 
+# --------------------------------------------------------------------------- chat
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="run dir, HF dir, adapter dir, .gguf or 'gemma3-270m'")],
+    persona: Annotated[str, typer.Option(help="bundled persona name or YAML path")] = "jessy",
+    prompt: Annotated[str, typer.Option(help="system prompt: full, short or none")] = "full",
+    reasoning: Annotated[bool, typer.Option(help="two passes: private dimensional notes, then the reply")] = False,
+    show_reasoning: Annotated[bool, typer.Option(help="print the private notes too")] = False,
+    context: Annotated[int, typer.Option(help="context budget in tokens (oldest turns drop past it)")] = 4096,
+    max_tokens: Annotated[int, typer.Option(help="reply length limit")] = 256,
+    temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.7,
+) -> None:
+    """Talk to a model: streaming, multi-turn memory, /reset, /save FILE, /system [TEXT], /quit."""
+    from jessy.generation.open import open_model
+    from jessy.model.resolve import ModelNotFound, load_tokenizer
+    from jessy.serve.chat import ChatSession, token_counter
+
+    if prompt not in ("full", "short", "none"):
+        raise _fail(f"--prompt must be full, short or none, got {prompt!r}")
+    p = _persona(persona)
+    try:
+        backend = open_model(model, n_ctx=context)
+    except (ModelNotFound, ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    session = ChatSession(backend, p.system_prompt(prompt), token_counter(load_tokenizer("gemma3-270m")),
+                          context_tokens=context, max_new_tokens=max_tokens, temperature=temperature,
+                          reasoning=reasoning or show_reasoning)
+    err.print(f"chatting with {model} as {p.name}; /reset /save FILE /system [TEXT] /quit", highlight=False)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            session.reset()
+            err.print("(conversation forgotten)")
+            continue
+        if line.startswith("/save"):
+            target = line[len("/save"):].strip()
+            if not target:
+                err.print("usage: /save FILE")
+                continue
+            session.save(Path(target))
+            err.print(f"(saved to {target})", highlight=False)
+            continue
+        if line.startswith("/system"):
+            text = line[len("/system"):].strip()
+            if text:
+                session.system = text
+                err.print("(system prompt replaced)")
+            else:
+                err.print(session.system or "(no system prompt)", highlight=False, markup=False)
+            continue
+        dropped = session.dropped
+        sys.stdout.write(f"{p.name.lower()}> ")
+        sys.stdout.flush()
+        start, first, n = time.time(), None, 0
+        for piece in session.send(line):
+            if first is None:
+                first = time.time() - start
+            n += 1
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if show_reasoning and session.last_reasoning:
+            err.print(f"[dim](reasoning) {session.last_reasoning}[/]", highlight=False)
+        if session.dropped > dropped:
+            err.print(f"[dim](the oldest {session.dropped - dropped} exchange(s) left the context window)[/]")
+
+
 # --------------------------------------------------------------------------- not built yet
 
 _PENDING = {
-    "chat": "chat (issue #7)",
     "runs": "the run registry (issue #8)",
 }
 

@@ -57,10 +57,18 @@ def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
     """The packaged GGUF's tokenizer arrays, checked against ``model_dir``'s tokenizer."""
     import gguf
 
+    from jessy.config import cache_dir
     from jessy.model.resolve import load_tokenizer, packaged_gguf
 
-    reader = gguf.GGUFReader(str(packaged_gguf()))
-    fields = {k: _reader_value(reader.fields[k]) for k in TOKENIZER_KEYS}
+    cached = cache_dir() / "gguf" / "gemma3_tokenizer_fields.json"  # parsing 262k pieces takes ~20 s
+    if cached.is_file():
+        fields = json.loads(cached.read_text(encoding="utf-8"))
+    else:
+        reader = gguf.GGUFReader(str(packaged_gguf()))
+        fields = {k: _reader_value(reader.fields[k]) for k in TOKENIZER_KEYS}
+        fields = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in fields.items()}
+        with atomic_file(cached) as tmp:
+            tmp.write_text(json.dumps(fields, ensure_ascii=False), encoding="utf-8")
     tok = load_tokenizer(str(model_dir))
     pieces = fields["tokenizer.ggml.tokens"]
     vocab = tok.get_vocab()
@@ -78,8 +86,24 @@ def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
     return fields
 
 
+def _check_llama_cpp_compatible(text: dict[str, Any]) -> None:
+    """llama.cpp's Gemma 3 hard-codes two things a config could say otherwise: every sixth layer
+    attends globally (the rest use the sliding window), and queries are scaled by 1/sqrt(head_dim)."""
+    n, head = text["num_hidden_layers"], text.get("head_dim", 256)
+    types = text.get("layer_types")
+    expected = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(n)]
+    if types and list(types) != expected:
+        raise ExportError(f"config: layer_types {types} differ from llama.cpp's Gemma 3 pattern (every sixth layer "
+                          "global); the GGUF would compute another model")
+    scalar = text.get("query_pre_attn_scalar", head)
+    if scalar != head:
+        raise ExportError(f"config: query_pre_attn_scalar {scalar} != head_dim {head}; llama.cpp's Gemma 3 scales "
+                          "queries by 1/sqrt(head_dim)")
+
+
 def _hparams(cfg: dict[str, Any]) -> dict[str, Any]:
     text = cfg.get("text_config", cfg)
+    _check_llama_cpp_compatible(text)
     rope = text.get("rope_parameters") or {}
     theta = (rope.get("full_attention") or rope).get("rope_theta") or text.get("rope_theta", 1_000_000.0)
     return {

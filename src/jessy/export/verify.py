@@ -74,13 +74,12 @@ def verify(gguf_path: Path, quant: str, model: Any, tokenizer: Any, system: str 
     """Numbers for one GGUF; ``passed`` False (with ``failures``) when a check fails."""
     from llama_cpp import Llama
 
-    from jessy.export.gguf import chat_template_of
-
-    template = chat_template_of(gguf_path)
-    llm = Llama(model_path=str(gguf_path), n_ctx=512, logits_all=True, verbose=False)
+    ref = reference_ids(tokenizer, system)
+    # logits_all keeps n_ctx x 262k floats: size the context to the prompts, not more
+    llm = Llama(model_path=str(gguf_path), n_ctx=max(map(len, ref)) + 16, logits_all=True, verbose=False)
+    template = llm.metadata.get("tokenizer.chat_template")
     try:
         failures = []
-        ref = reference_ids(tokenizer, system)
         if template is None:
             failures.append("the GGUF carries no chat template")
             parity = False
