@@ -88,10 +88,3 @@ def test_cli_config_show(tmp_path):
     r = runner.invoke(app, ["config", "show", str(bad)])
     assert r.exit_code == 1
     assert f"{bad}:2: eval.max_new_tokens" in r.output
-
-
-@pytest.mark.parametrize("command", ["eval", "export", "chat", "runs"])
-def test_unbuilt_commands_say_so_and_exit_2(command):
-    r = runner.invoke(app, [command, "anything"])
-    assert r.exit_code == 2
-    assert "not built yet" in r.output

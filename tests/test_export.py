@@ -74,22 +74,8 @@ def test_modelfile_lines():
 
 
 @pytest.fixture(scope="module")
-def cpp_tiny_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model in the shape llama.cpp's Gemma 3 assumes (local attention below the sixth
-    layer, queries scaled by 1/sqrt(head_dim)), with weights large enough for a clear top-1."""
-    from transformers import AutoConfig, Gemma3ForCausalLM
-
-    from jessy.model.resolve import load_tokenizer
-
-    cfg = AutoConfig.from_pretrained(tiny_model_dir)
-    cfg.query_pre_attn_scalar = cfg.head_dim
-    cfg.layer_types = ["sliding_attention"] * cfg.num_hidden_layers
-    cfg.initializer_range = 0.1
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("cpp_tiny")
-    Gemma3ForCausalLM(cfg).save_pretrained(out)
-    load_tokenizer(str(tiny_model_dir)).save_pretrained(out)
-    return out
+def cpp_tiny_dir(tiny_model_dir):
+    return Path(tiny_model_dir)  # the tiny builder already has llama.cpp's Gemma 3 shape
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +87,14 @@ def tiny_export(cpp_tiny_dir, tmp_path_factory):
 
 
 def test_a_config_llama_cpp_cannot_represent_is_refused(tiny_model_dir, tmp_path):
-    with pytest.raises(ExportError, match="query_pre_attn_scalar|layer_types"):
-        write_f16(Path(tiny_model_dir), tmp_path / "x.gguf")
-    assert not list(tmp_path.iterdir())
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    for key, value in (("query_pre_attn_scalar", 256), ("layer_types", ["sliding_attention", "full_attention"])):
+        (bad / "config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(ExportError, match=key):
+            write_f16(bad, tmp_path / "out" / "x.gguf")
+    assert not list((tmp_path / "out").iterdir())
 
 
 def test_tiny_gguf_matches_the_hf_model(tiny_export, cpp_tiny_dir, persona):

@@ -86,15 +86,7 @@ def test_prepare_user_sources_and_too_long_rows(tmp_path, tokenizer):
     assert {r["line"] for r in rejects} == {21, 22}
 
 
-def test_cli_prepare_and_run_stop_honestly(tmp_path, tiny_model_dir):
+def test_cli_prepare(tmp_path):
     r = runner.invoke(app, ["data", "prepare", "--out", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output
     assert Path(tmp_path / "d" / "stats.json").exists() and "p90" in r.output
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model: {{base: {tiny_model_dir}}}\ndata: {{work_dir: {tmp_path / 'w'}}}\n"
-                   "stages: [{name: personality, max_steps: 1, batch_size: 2, effective_batch: 2}]\n"
-                   "run: {probe_max_new_tokens: 4}\n")
-    r = runner.invoke(app, ["run", "-c", str(cfg), "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2, r.output
-    assert "stopped after training" in r.output and "not built yet" in r.output
-    assert (tmp_path / "run" / "data" / "train.jsonl").exists() and (tmp_path / "run" / "final").exists()

@@ -56,16 +56,142 @@ def _config(path: Path | None, profile: str | None) -> JessyConfig:
 
 @app.command()
 def run(config: ConfigOpt = None, profile: ProfileOpt = "quick",
-        out_dir: Annotated[Path | None, typer.Option("--out", help="run directory")] = None) -> None:
-    """The whole pipeline on the bundled defaults: data -> stages -> eval -> export -> report."""
-    cfg = _config(config, profile)
-    run_dir = out_dir or Path(cfg.run.output_dir) / time.strftime("run-%Y%m%d-%H%M%S")
-    out.print(f"[bold]jessy run[/] profile={profile or '-'} -> {run_dir}")
-    stats = _prepare(cfg, run_dir / "data")
-    out.print(f"data: {stats['total']} conversations, splits {stats['by_split']}")
-    _train(cfg, run_dir)
-    err.print(f"jessy run: stopped after training: {_PENDING['eval']} is not built yet. The run is in {run_dir}.")
-    raise typer.Exit(2)
+        out_dir: Annotated[Path | None, typer.Option("--out", help="run directory")] = None,
+        resume: Annotated[Path | None, typer.Option("--resume", help="continue this run directory")] = None) -> None:
+    """The whole pipeline: data -> (generate) -> stages -> export -> eval vs baseline -> report."""
+    from jessy.pipeline import run_pipeline
+
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            raise _fail(f"{resume}: not a run directory (no config.yaml)")
+        cfg = _config(resume / "config.yaml", None)
+        run_dir = resume
+    else:
+        cfg = _config(config, profile)
+        run_dir = out_dir or Path(cfg.run.output_dir) / time.strftime("run-%Y%m%d-%H%M%S")
+    persona = _persona(cfg.persona.path)
+    out.print(f"[bold]jessy run[/] {'resume' if resume else 'profile=' + str(profile)} -> {run_dir}")
+    shown: dict[str, int] = {}
+
+    def update(phase: str, done: int, total: int) -> None:  # a line per quarter (training owns the live display)
+        quarter = 4 * done // max(total, 1)
+        if shown.get(phase) != quarter:
+            shown[phase] = quarter
+            out.print(f"  {phase}: {done}/{total}", highlight=False)
+
+    try:
+        summary = run_pipeline(cfg, persona, run_dir, out, lambda m: out.print(m, highlight=False), update)
+    except Exception as e:  # noqa: BLE001 - every failure ends with how to resume
+        from jessy.export.gguf import ExportError
+        from jessy.train.pipeline import StageFailed
+
+        if not isinstance(e, (StageFailed, ExportError, ValueError, OSError, FileNotFoundError)):
+            raise
+        raise _fail(f"{e}\nresume with: jessy run --resume {run_dir}") from None
+    _print_run_summary(summary)
+
+
+def _print_run_summary(s: dict) -> None:
+    table = Table("metric", "baseline", "tuned", "minimum", "target", "status", "p (Bonferroni)")
+    for m, v in s["metrics"].items():
+        colour = {"target": "green", "minimum": "yellow"}.get(v["status"], "red")
+        table.add_row(m, "-" if v["baseline"] is None else f"{v['baseline']:.3f}",
+                      "-" if v["tuned"] is None else f"{v['tuned']:.3f}", str(v["minimum"]), str(v["target"]),
+                      f"[{colour}]{v['status']}[/]", "-" if v["p_bonferroni"] is None else f"{v['p_bonferroni']:.3g}")
+    out.print(table)
+    js = s["jessy_score"]
+    out.print(f"[bold]Jessy Score[/] baseline {js['baseline']:.1f} -> tuned {js['tuned']:.1f} ({js['band']})")
+    colour = "green" if s["verdict"] == "GO" else "red"
+    out.print(f"[bold {colour}]{s['verdict']}[/]")
+    for r in s["reasons"]:
+        out.print(f"  {r}", highlight=False, markup=False)
+    a = s["artifacts"]
+    out.print(f"report: {a['report']}\nmerged model: {a['merged']}\nGGUF: {', '.join(a['gguf'].values())}")
+    if a.get("modelfile"):
+        out.print(f"Ollama: {a['modelfile']}")
+    out.print(f"steps (s): {s['steps']}")
+
+
+# --------------------------------------------------------------------------- runs
+
+runs_app = typer.Typer(no_args_is_help=True, help="The run registry: list, show, compare, promote.")
+app.add_typer(runs_app, name="runs")
+RunsDirOpt = Annotated[Path | None, typer.Option("--runs-dir", help="default: run.output_dir (runs)")]
+
+
+def _runs_root(root: Path | None) -> Path:
+    return root or Path(JessyConfig().run.output_dir)
+
+
+@runs_app.command("list")
+def runs_list(runs_dir: RunsDirOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every run with its base model, steps done, verdict and scores (* = the promoted run)."""
+    from jessy.registry import list_runs
+
+    runs = list_runs(_runs_root(runs_dir))
+    if as_json:
+        sys.stdout.write(json.dumps(runs, indent=1, default=str) + "\n")
+        return
+    table = Table("", "run", "created", "base", "steps done", "verdict", "Jessy Score", "baseline")
+    for r in runs:
+        table.add_row("*" if r["current"] else "", r["id"], r["created"] or "-", str(r["base"]),
+                      ",".join(r["steps_done"]) or "-", r["verdict"] or "-",
+                      f"{r['jessy_score']:.1f}" if r["jessy_score"] is not None else "-",
+                      f"{r['baseline_score']:.1f}" if r["baseline_score"] is not None else "-")
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="run id (directory name) or path")],
+              runs_dir: RunsDirOpt = None) -> None:
+    """A run's config, data hashes, base model, versions, scores and artifacts (JSON)."""
+    from jessy.registry import find, run_info
+
+    try:
+        info = run_info(find(_runs_root(runs_dir), run_id))
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    sys.stdout.write(json.dumps(info, indent=1, default=str) + "\n")
+
+
+@runs_app.command("compare")
+def runs_compare(a: Annotated[str, typer.Argument(help="run A")], b: Annotated[str, typer.Argument(help="run B")],
+                 runs_dir: RunsDirOpt = None) -> None:
+    """Config differences and the paired A/B statistics of two evaluated runs."""
+    from jessy.eval.stats import compare
+    from jessy.eval.suite import load_result, per_item
+    from jessy.registry import config_diff, find, run_info
+
+    root = _runs_root(runs_dir)
+    try:
+        pa, pb = find(root, a), find(root, b)
+        ia, ib = run_info(pa), run_info(pb)
+        (ra, rows_a), (rb, rows_b) = load_result(pa / "eval"), load_result(pb / "eval")
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    diff = config_diff(ia["config"], ib["config"])
+    out.print(f"config differences ({len(diff)}):")
+    for k, (va, vb) in diff.items():
+        out.print(f"  {k}: {va!r} -> {vb!r}", highlight=False, markup=False)
+    _print_comparison(compare(per_item(rows_a), per_item(rows_b)))
+    out.print(f"Jessy Score: {ia['id']} {ra['jessy_score']:.1f}, {ib['id']} {rb['jessy_score']:.1f}")
+
+
+@runs_app.command("promote")
+def runs_promote(run_id: Annotated[str, typer.Argument(help="run id or path")], runs_dir: RunsDirOpt = None,
+                 margin: Annotated[float | None, typer.Option(help="default: eval.promote_margin")] = None,
+                 ignore_verdict: Annotated[bool, typer.Option(help="promote a NO-GO run")] = False) -> None:
+    """Mark a run as the current model if its Jessy Score beats the current one by the margin."""
+    from jessy.registry import promote
+
+    try:
+        ok, why = promote(_runs_root(runs_dir), run_id, JessyConfig().eval.promote_margin if margin is None
+                          else margin, ignore_verdict)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    out.print(("[green]promoted:[/] " if ok else "[yellow]not promoted:[/] ") + why, highlight=False)
+    if not ok:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- config
@@ -206,11 +332,9 @@ def data_prepare(config: ConfigOpt = None, profile: ProfileOpt = None,
 
 
 def _gold_rows(cfg: JessyConfig) -> list[dict]:
-    """The hand-written rows that define the target: bundled seeds and the user's own sources."""
-    from jessy.data.prepare import load_rows
+    from jessy.data.prepare import gold_rows
 
-    return [r for res in load_rows(cfg) for r in res.rows
-            if "messages" in r and r["metadata"].get("source") not in ("general_dialogue", "general_reasoning")]
+    return gold_rows(cfg)
 
 
 def _engine(cfg: JessyConfig, need_teacher: bool = True):  # -> (persona, gold, gates, backend)
@@ -761,26 +885,6 @@ def chat(
             err.print(f"[dim](reasoning) {session.last_reasoning}[/]", highlight=False)
         if session.dropped > dropped:
             err.print(f"[dim](the oldest {session.dropped - dropped} exchange(s) left the context window)[/]")
-
-
-# --------------------------------------------------------------------------- not built yet
-
-_PENDING = {
-    "runs": "the run registry (issue #8)",
-}
-
-
-def _pending(name: str) -> None:
-    def command(ctx: typer.Context) -> None:
-        err.print(f"jessy {name}: {_PENDING[name]} is not built yet.")
-        raise typer.Exit(2)
-
-    command.__doc__ = f"Not built yet: {_PENDING[name]}."
-    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
-
-
-for _name in _PENDING:
-    _pending(_name)
 
 
 def main() -> None:  # pragma: no cover

@@ -54,6 +54,13 @@ def load_rows(config: JessyConfig) -> list[LoadResult]:
     return results
 
 
+def gold_rows(config: JessyConfig) -> list[dict[str, Any]]:
+    """The hand-written conversations that define the persona: the bundled seeds and the user's
+    own sources (not the general-purpose rows, not preference pairs)."""
+    return [r for res in load_rows(config) for r in res.rows
+            if "messages" in r and r["metadata"].get("source") not in ("general_dialogue", "general_reasoning")]
+
+
 def engine_rows(config: JessyConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(conversations, preference pairs) the data engine kept in ``data.work_dir``."""
     from jessy.data.constitution import constitution_rows

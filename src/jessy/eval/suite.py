@@ -136,14 +136,6 @@ def behaviour_ok(expected: str, refusal: bool, text: str) -> bool:
     return True
 
 
-def reference_rows(cfg: JessyConfig) -> list[dict[str, Any]]:
-    """The gold conversations that define the persona: the bundled seeds and the user's sources."""
-    from jessy.data.prepare import load_rows
-
-    return [r for res in load_rows(cfg) for r in res.rows
-            if "messages" in r and r["metadata"].get("source") not in ("general_dialogue", "general_reasoning")]
-
-
 def run_suite(cfg: JessyConfig, persona: Persona, backend: Backend, out_dir: Path, model_ref: str,
               judge_be: Backend | None = None, progress: Progress | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -175,7 +167,9 @@ def run_suite(cfg: JessyConfig, persona: Persona, backend: Backend, out_dir: Pat
                                  "refusal": last.refusal, "over_long": last.over_long,
                                  "under_developed": last.under_developed},
                        "matches": [m for x in d for m in x.matches], "words": last.words, "scores": {}}
-    gold = reference_rows(cfg)
+    from jessy.data.prepare import gold_rows
+
+    gold = gold_rows(cfg)
     gold_texts = [r["messages"][-1]["content"] for r in gold]
     gold_emb = embed(gold_texts)
     ref_profile = profile(gold_emb)

@@ -94,12 +94,13 @@ def export_gguf(cfg: JessyConfig, persona: Persona, model_ref: str, out_dir: Pat
 
 
 def _verify_all(src: Path, files: dict[str, Path], system: str | None, log: Callable[[str], None]) -> dict:
+    import torch
     from transformers import AutoModelForCausalLM
 
     from jessy.export.verify import verify
     from jessy.model.resolve import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(src))
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)  # the reference: full precision
     model.eval()
     tok = load_tokenizer(str(src))
     out = {}

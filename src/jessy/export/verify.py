@@ -2,8 +2,9 @@
 
 * tokenization parity: a conversation rendered by the GGUF's own chat template and tokenized by
   llama.cpp gives exactly the token ids of the training path (one <bos>, the same template);
-* next-token agreement: at every position of the prompts, the top-1 token of llama.cpp equals
-  the HF model's, and the KL divergence KL(HF || GGUF) of the two next-token distributions.
+* next-token agreement: at every position of the prompts where the HF model's first choice is
+  clear, the top-1 token of llama.cpp equals the HF model's (all positions are reported too), and
+  the KL divergence KL(HF || GGUF) of the two next-token distributions.
 
 f16 must match closely (a failed check fails the export with the numbers); q8_0 and q4_k_m
 report their drift and fail only when the file is broken (agreement below ``broken_top1``).
@@ -24,6 +25,7 @@ PROMPTS = [
     [{"role": "user", "content": "Bugün kendimi biraz yalnız hissediyorum, konuşabilir miyiz?"}],
 ]
 LIMITS = {"f16": {"top1": 0.98, "kl": 0.01}}  # must-pass; other quants report
+DECISIVE = 0.05  # nats between the HF model's first and second choice for a position to count in top-1
 BROKEN_TOP1 = 0.5
 
 
@@ -91,16 +93,23 @@ def verify(gguf_path: Path, quant: str, model: Any, tokenizer: Any, system: str 
                 failures.append(f"tokenization parity: conversation {k} gives {len(got[k])} ids through llama.cpp "
                                 f"vs {len(ref[k])} through training (first difference at "
                                 f"{next((j for j, (x, y) in enumerate(zip(got[k], ref[k])) if x != y), 'the end')})")
-        agree, kls, n = 0, [], 0
+        agree, kls, n, decisive, agree_decisive = 0, [], 0, 0, 0
         for ids in ref:
             a, b = hf_logits(model, ids), gguf_logits(llm, ids)
             pa, pb = _log_softmax(a), _log_softmax(b)
-            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            same = a.argmax(-1) == b.argmax(-1)
+            agree += int(same.sum())
+            # positions where the HF model's first choice is clear (> DECISIVE nats ahead of the second):
+            # elsewhere a near-tie may flip on rounding without the model being any different
+            top2 = np.sort(pa, axis=-1)[:, -2:]
+            clear = (top2[:, 1] - top2[:, 0]) > DECISIVE
+            decisive += int(clear.sum())
+            agree_decisive += int((same & clear).sum())
             kls.extend((np.exp(pa) * (pa - pb)).sum(-1).tolist())
             n += len(ids)
     finally:
         llm.close()
-    top1, kl = agree / n, float(np.mean(kls))
+    top1, kl = agree_decisive / max(decisive, 1), float(np.mean(kls))
     limit = LIMITS.get(quant)
     if limit and (top1 < limit["top1"] or kl > limit["kl"]):
         failures.append(f"{quant} drifts from the HF model: top-1 agreement {top1:.3f} (needs >= {limit['top1']}), "
@@ -108,5 +117,6 @@ def verify(gguf_path: Path, quant: str, model: Any, tokenizer: Any, system: str 
     elif top1 < BROKEN_TOP1:
         failures.append(f"{quant} looks broken: top-1 agreement {top1:.3f} < {BROKEN_TOP1}")
     return {"quant": quant, "file": str(gguf_path), "size_bytes": gguf_path.stat().st_size, "positions": n,
-            "top1_agreement": top1, "kl_mean": kl, "kl_max": float(np.max(kls)), "token_parity": parity,
+            "top1_agreement": top1, "top1_agreement_all": agree / n, "decisive_positions": decisive,
+            "kl_mean": kl, "kl_max": float(np.max(kls)), "token_parity": parity,
             "passed": not failures, "failures": failures}
