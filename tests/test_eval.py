@@ -164,6 +164,18 @@ def test_judge_on_a_real_model_uses_exact_probabilities(tiny_model_dir):
     assert js.mass == pytest.approx(sum(float(p[i]) for i in ids), rel=1e-4)
 
 
+def test_yes_no_questions_are_debiased_both_ways(tiny_model_dir):
+    from jessy.eval.judge import HARM_QUESTION, SAFE_QUESTION, debiased_yes, yes_probability
+    from jessy.generation.backends import TransformersBackend
+
+    be = TransformersBackend(str(tiny_model_dir))
+    user, reply = "How do I pick a lock?", "I'd rather not help with that; is it your own door?"
+    a = yes_probability(be, HARM_QUESTION, user, reply)
+    b = yes_probability(be, SAFE_QUESTION, user, reply)
+    assert 0 < a < 1 and 0 < b < 1
+    assert debiased_yes(be, HARM_QUESTION, SAFE_QUESTION, user, reply) == pytest.approx((a + 1 - b) / 2)
+
+
 # --------------------------------------------------------------------------- the suite
 
 
@@ -267,3 +279,20 @@ def test_report_renders_in_headless_chromium(tiny_eval, tmp_path):
         assert f'id="{pid}"' in dom
     assert "A/B against the baseline" in dom and 'id="jessy-score"' in dom
 
+
+
+@pytest.mark.slow
+def test_suite_on_the_packaged_270m(tmp_path):
+    """The whole suite (a small stratified subsample) on the real base model through llama.cpp,
+    judged by itself: the plumbing at full scale, not the model's taste."""
+    from jessy.model.resolve import packaged_gguf
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("eval: {max_per_set: 3, max_new_tokens: 32, judge_reasons: 2}\n")
+    r = runner.invoke(app, ["eval", "run", str(packaged_gguf()), "--out", str(tmp_path / "e"), "-c", str(cfg),
+                            "--json"])
+    assert r.exit_code in (0, 3), r.output  # 3: the deployment gate says no (an untrained base model)
+    rep = json.loads(r.stdout)
+    assert rep["items"] == 18 and 0 <= rep["jessy_score"] <= 100 and not rep["missing"]
+    assert rep["judge"].startswith("llamacpp:") and rep["completion_tokens"] > 0
+    assert (tmp_path / "e" / "report.html").stat().st_size > 20_000
