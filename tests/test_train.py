@@ -45,7 +45,7 @@ def test_labelled_positions_loss_equals_the_full_logits_loss(tiny_model_dir, tok
     assert n == int((batch["labels"][:, 1:] != -100).sum())
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     for g, r in zip((p.grad for p in model.parameters() if p.requires_grad), ref_grads):
-        assert torch.allclose(g, r, rtol=1e-4, atol=1e-6)  # chunking changes the summation order
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-5), (g - r).abs().max()  # chunking reorders sums
 
 
 def test_probe_schedule_scales_for_short_runs():
