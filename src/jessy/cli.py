@@ -54,6 +54,17 @@ def _config(path: Path | None, profile: str | None) -> JessyConfig:
 # --------------------------------------------------------------------------- run
 
 
+def _run_dir(config: Path | None, profile: str | None, out_dir: Path | None,
+             resume: Path | None) -> tuple[JessyConfig, Path]:
+    """(config, run directory): a resumed run brings its own config.yaml."""
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            raise _fail(f"{resume}: not a run directory (no config.yaml)")
+        return _config(resume / "config.yaml", None), resume
+    cfg = _config(config, profile)
+    return cfg, out_dir or Path(cfg.run.output_dir) / time.strftime("run-%Y%m%d-%H%M%S")
+
+
 @app.command()
 def run(config: ConfigOpt = None, profile: ProfileOpt = "quick",
         out_dir: Annotated[Path | None, typer.Option("--out", help="run directory")] = None,
@@ -61,14 +72,7 @@ def run(config: ConfigOpt = None, profile: ProfileOpt = "quick",
     """The whole pipeline: data -> (generate) -> stages -> export -> eval vs baseline -> report."""
     from jessy.pipeline import run_pipeline
 
-    if resume is not None:
-        if not (resume / "config.yaml").is_file():
-            raise _fail(f"{resume}: not a run directory (no config.yaml)")
-        cfg = _config(resume / "config.yaml", None)
-        run_dir = resume
-    else:
-        cfg = _config(config, profile)
-        run_dir = out_dir or Path(cfg.run.output_dir) / time.strftime("run-%Y%m%d-%H%M%S")
+    cfg, run_dir = _run_dir(config, profile, out_dir, resume)
     persona = _persona(cfg.persona.path)
     out.print(f"[bold]jessy run[/] {'resume' if resume else 'profile=' + str(profile)} -> {run_dir}")
     shown: dict[str, int] = {}
@@ -502,14 +506,8 @@ def train(config: ConfigOpt = None, profile: ProfileOpt = None,
           resume: Annotated[Path | None, typer.Option("--resume", help="continue this run directory")] = None,
           out_dir: Annotated[Path | None, typer.Option("--out", help="run directory")] = None) -> None:
     """Train the config's stages (personality -> reasoning -> ethics -> preference -> polish)."""
-    if resume is not None:
-        if not (resume / "config.yaml").exists():
-            raise _fail(f"{resume}: not a run directory (no config.yaml)")
-        cfg = _config(resume / "config.yaml", None)
-        run_dir = resume
-    else:
-        cfg = _config(config, profile)
-        run_dir = out_dir or Path(cfg.run.output_dir) / time.strftime("run-%Y%m%d-%H%M%S")
+    cfg, run_dir = _run_dir(config, profile, out_dir, resume)
+    if resume is None:
         if not (run_dir / "data" / "train.jsonl").exists():
             stats = _prepare(cfg, run_dir / "data")
             out.print(f"data: {stats['total']} conversations, splits {stats['by_split']}")

@@ -8,7 +8,6 @@ is merged into the base named in its ``adapter_config.json``.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -41,19 +40,14 @@ def merge(source: str, out_dir: Path) -> Path:
 
 
 def _merge_adapter(adapter: Path, out: Path) -> None:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from jessy.generation.open import merged_adapter
 
-    from jessy.model.resolve import load_tokenizer, resolve_base
-
-    base_ref = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_ref:
-        raise ExportError(f"merge: {adapter}/adapter_config.json names no base model")
-    base = resolve_base(base_ref)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    try:
+        model, tok, _ = merged_adapter(adapter)
+    except ValueError as e:
+        raise ExportError(f"merge: {e}") from None
     model.save_pretrained(out, safe_serialization=True)
-    load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else base).save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def _ensure_template(out: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from jessy.generation.backends import Backend, LlamaCppBackend, TransformersBackend
 
@@ -48,7 +49,8 @@ def open_model(ref: str, batch_size: int = 4, n_ctx: int = 4096) -> Backend:
     return TransformersBackend(resolve_base(model_path(ref)), batch_size=batch_size)
 
 
-def _adapter_backend(adapter: Path, batch_size: int) -> Backend:
+def merged_adapter(adapter: Path) -> tuple[Any, Any, str]:
+    """(model, tokenizer, base path): the adapter merged into the base its config names."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -58,9 +60,13 @@ def _adapter_backend(adapter: Path, batch_size: int) -> Backend:
     if not base_ref:
         raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path")
     base = resolve_base(base_ref)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    tok_src = str(adapter) if (adapter / "tokenizer_config.json").is_file() else base
-    backend = TransformersBackend(base, batch_size=batch_size, model=model, tokenizer=load_tokenizer(tok_src))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload()
+    tok = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else base)
+    return model, tok, base
+
+
+def _adapter_backend(adapter: Path, batch_size: int) -> Backend:
+    model, tok, base = merged_adapter(adapter)
+    backend = TransformersBackend(base, batch_size=batch_size, model=model, tokenizer=tok)
     backend.id = f"transformers:{base}+{adapter.resolve()}"
     return backend
