@@ -49,10 +49,6 @@ def atomic_file(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _reader_value(field: Any) -> Any:
-    return field.contents()
-
-
 def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
     """The packaged GGUF's tokenizer arrays, checked against ``model_dir``'s tokenizer."""
     import gguf
@@ -65,7 +61,7 @@ def _tokenizer_fields(model_dir: Path) -> dict[str, Any]:
         fields = json.loads(cached.read_text(encoding="utf-8"))
     else:
         reader = gguf.GGUFReader(str(packaged_gguf()))
-        fields = {k: _reader_value(reader.fields[k]) for k in TOKENIZER_KEYS}
+        fields = {k: reader.fields[k].contents() for k in TOKENIZER_KEYS}
         fields = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in fields.items()}
         with atomic_file(cached) as tmp:
             tmp.write_text(json.dumps(fields, ensure_ascii=False), encoding="utf-8")
@@ -209,11 +205,3 @@ def quantize(src: Path, target: Path, quant: str) -> Path:
         if rc != 0:
             raise ExportError(f"quantize {quant}: llama_model_quantize returned {rc}")
     return target
-
-
-def chat_template_of(gguf_path: Path) -> str | None:
-    import gguf
-
-    reader = gguf.GGUFReader(str(gguf_path))
-    field = reader.fields.get("tokenizer.chat_template")
-    return _reader_value(field) if field is not None else None
