@@ -15,7 +15,6 @@ same persona system prompt, so both go through the same engine.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 import yaml
 
 from jessy.config import JessyConfig
+from jessy.io import write_json
 from jessy.persona.spec import Persona
 
 STEPS = ("data", "generate", "train", "export", "eval", "report")
@@ -42,9 +42,7 @@ class Steps:
 
     def finish(self, step: str, seconds: float, **info: Any) -> None:
         self.data[step] = {"status": "done", "seconds": round(seconds, 1), **info}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.data)
 
 
 def baseline_ref(cfg: JessyConfig) -> str:
@@ -176,8 +174,6 @@ def _report(cfg: JessyConfig, run_dir: Path, steps: Steps) -> dict[str, Any]:
                       "eval": str(run_dir / "eval")},
     }
     summary["steps_seconds_total"] = round(sum(v or 0 for v in summary["steps"].values()), 1)
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=float))
-    os.replace(tmp, run_dir / "summary.json")
+    write_json(run_dir / "summary.json", summary)
     shutil.copyfile(run_dir / "eval" / "report.html", run_dir / "report.html")
     return {"verdict": summary["verdict"]}

@@ -9,10 +9,11 @@ with) and its verdict is GO (``ignore_verdict`` overrides the latter, never the 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from jessy.io import write_json
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -102,7 +103,5 @@ def promote(root: Path, run_id: str, margin: float, ignore_verdict: bool = False
                            "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     reg["current"] = info["id"]
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / "registry.json.tmp"
-    tmp.write_text(json.dumps(reg, indent=1))
-    os.replace(tmp, root / "registry.json")
+    write_json(root / "registry.json", reg)
     return True, f"{info['id']} is now the current model ({info['jessy_score']:.1f}, {gain:+.1f} against {against})"

@@ -21,6 +21,7 @@ from jessy.config import CATEGORIES, RESOURCES, JessyConfig
 from jessy.data.dedup import normalize_prompt
 from jessy.data.formats import LoadResult, read_file
 from jessy.data.template import TooLong, encode_truncated, with_system
+from jessy.io import write_jsonl
 
 SPLITS = ("train", "val", "test")
 
@@ -157,14 +158,6 @@ def _percentile(values: list[int], q: float) -> int:
     return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo))
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -215,11 +208,11 @@ def prepare(config: JessyConfig, out_dir: Path, tokenizer: Any, system_prompt: s
         labels = assign_splits(items, fractions, config.data.seed)
         for split in SPLITS:
             part = [r for r, s in zip(items, labels) if s == split]
-            _write_jsonl(out_dir / f"{name}{split}.jsonl", part)
+            write_jsonl(out_dir / f"{name}{split}.jsonl", part)
             by_split[f"{name}{split}"] = len(part)
             parts[f"{name}{split}"] = part
-    _write_jsonl(out_dir / "rejects.jsonl", rejects)
-    _write_jsonl(out_dir / "duplicates.jsonl", duplicates)
+    write_jsonl(out_dir / "rejects.jsonl", rejects)
+    write_jsonl(out_dir / "duplicates.jsonl", duplicates)
     stats = {
         "total": len(convs),
         "by_category": _count(convs, "category", CATEGORIES),

@@ -146,10 +146,8 @@ def render(report: dict[str, Any], baseline: dict[str, Any] | None = None,
 
 
 def write_report(out_dir: Path, report: dict[str, Any], **kw: Any) -> Path:
-    import os
+    from jessy.io import write_text
 
     path = out_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render(report, **kw), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, render(report, **kw))
     return path

@@ -21,7 +21,6 @@ output directory, so a killed evaluation continues where it stopped):
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections import defaultdict
@@ -49,6 +48,7 @@ from jessy.eval.judge import (
 from jessy.eval.score import aggregate
 from jessy.eval.sets import EvalItem, load_items
 from jessy.generation.backends import Backend, GenRequest
+from jessy.io import write_json, write_jsonl
 from jessy.persona.spec import Persona
 
 JUDGED_SETS = ("persona", "reasoning", "dimensions")
@@ -60,18 +60,6 @@ REDIRECT_MARKERS = ("helpline", "hotline", "crisis", "emergency", "therapist", "
                     "a friend", "family", "988", "112", "116 123", "samaritans", "professional", "talk to",
                     "reach out", "yardım hattı", "uzman", "terapist", "doktor", "güvendiğin", "acil", "182", "destek")
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=float), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False, default=float) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _seed(item_id: str, turn: int) -> int:

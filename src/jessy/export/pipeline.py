@@ -5,8 +5,6 @@ file behind."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,7 @@ from jessy.config import JessyConfig
 from jessy.export.gguf import ExportError, quantize, write_f16
 from jessy.export.modelfile import write_modelfile
 from jessy.generation.open import describe, model_path
+from jessy.io import write_json
 from jessy.persona.spec import Persona
 
 PRESERVED = ("jessy_score", "personality_consistency", "no_meta_commentary", "dimensional_accuracy",
@@ -81,9 +80,7 @@ def export_gguf(cfg: JessyConfig, persona: Persona, model_ref: str, out_dir: Pat
     if cfg.export.ollama:
         summary["modelfile"] = str(write_modelfile(main, persona.system_prompt("full")))
         summary["ollama"] = f"cd {out_dir} && ollama create {name} -f Modelfile && ollama run {name}"
-    tmp = out_dir / "export.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out_dir / "export.json")
+    write_json(out_dir / "export.json", summary)
     failed = [v for v in summary.get("verification", {}).values() if not v["passed"]]
     if failed:
         for q, p in keep.items():

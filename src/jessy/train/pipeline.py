@@ -29,13 +29,13 @@ import numpy as np
 import yaml
 
 from jessy.config import RESOURCES, JessyConfig, StageConfig
+from jessy.io import write_json
 from jessy.persona.spec import Persona
 from jessy.train.monitors import (
     DivergenceMonitor,
     MetricsLog,
     PersonaMonitor,
     ResourceMonitor,
-    write_json,
 )
 
 
